@@ -1,0 +1,120 @@
+"""Why the service stops, and the one time-bounded report it makes about it (contract §7).
+
+Every way of dying ends here exactly once: a signal, a crash of any child task, or a fatal
+condition (metadata missing, handshake failed, Docker unreachable beyond its budget, ...).
+`ShutdownCause.from_exception` turns what the root nursery raised into a cause, telling a
+cancellation (not a crash) from a real error; `ShutdownReport.run` then reports the error to
+Sentry, sends the dying heartbeat and flushes Sentry, all inside one shielded deadline so a
+webserver or Sentry that never answers cannot hold the exit.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
+
+import trio
+
+logger = logging.getLogger(__name__)
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+
+
+@dataclass(frozen=True)
+class ShutdownCause:
+    kind: str  # "signal", "crash" or "fatal"
+    reason: str  # one line; becomes the dying heartbeat's ShutdownReason
+    error: BaseException | None = None
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_OK if self.kind == "signal" else EXIT_FAILURE
+
+    @classmethod
+    def from_signal(cls, signum: int) -> ShutdownCause:
+        return cls("signal", f"received {signal.Signals(signum).name}")
+
+    @classmethod
+    def from_exception(
+        cls, exc: BaseException, fatal_types: tuple[type[BaseException], ...] = ()
+    ) -> ShutdownCause | None:
+        """The cause behind `exc`, or None when it holds nothing but cancellations."""
+        error = _without_cancellations(exc)
+        if error is None:
+            return None
+        leaves = list(_leaves(error))
+        if len(leaves) == 1:
+            error = leaves[0]
+        if all(isinstance(leaf, fatal_types) for leaf in leaves):
+            return cls("fatal", _one_line(leaves[0]), error)
+        crash = next(leaf for leaf in leaves if not isinstance(leaf, fatal_types))
+        return cls("crash", f"crash: {type(crash).__name__}: {_one_line(crash)}", error)
+
+
+def _without_cancellations(exc: BaseException) -> BaseException | None:
+    if isinstance(exc, trio.Cancelled):
+        return None
+    if isinstance(exc, BaseExceptionGroup):
+        _, rest = exc.split(trio.Cancelled)
+        return rest
+    return exc
+
+
+def _leaves(exc: BaseException) -> Iterator[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            yield from _leaves(inner)
+    else:
+        yield exc
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text[:500]
+
+
+class ShutdownReport:
+    """Steps 3-5 of contract §7, run once, bounded by `timeout` seconds in total.
+
+    The dying heartbeat and the Sentry flush run side by side: each gets the whole budget
+    instead of a slice, and neither can starve the other when one peer is blackholed.
+    """
+
+    def __init__(
+        self,
+        *,
+        timeout: float,
+        capture_error: Callable[[BaseException], None],
+        flush: Callable[[], Awaitable[None]],
+    ) -> None:
+        self._timeout = timeout
+        self._capture_error = capture_error
+        self._flush = flush
+        self._send_dying: Callable[[str], Awaitable[None]] | None = None
+        self._done = False
+
+    def arm_dying_heartbeat(self, send_dying: Callable[[str], Awaitable[None]]) -> None:
+        """Called once the handshake succeeded: from then on a death is told to the webserver."""
+        self._send_dying = send_dying
+
+    async def run(self, cause: ShutdownCause) -> None:
+        if self._done:
+            return
+        self._done = True
+        log = logger.info if cause.kind == "signal" else logger.error
+        log("shutting down: %s", cause.reason, extra={"shutdown_kind": cause.kind})
+        with trio.move_on_after(self._timeout, shield=True) as budget:
+            if cause.error is not None:
+                self._capture_error(cause.error)
+            async with trio.open_nursery() as nursery:
+                if self._send_dying is not None:
+                    nursery.start_soon(self._send_dying, cause.reason)
+                nursery.start_soon(self._flush)
+        if budget.cancelled_caught:
+            logger.warning(
+                "shutdown report cut short after %.1f s (webserver or Sentry not answering)",
+                self._timeout,
+            )
