@@ -35,6 +35,7 @@ _FLAGS: tuple[tuple[str, str, str], ...] = (
         "FRACTAL_DOCKER_UNREACHABLE_BUDGET",
         "seconds Docker may stay unreachable",
     ),
+    ("--handshake-timeout", "FRACTAL_HANDSHAKE_TIMEOUT", "seconds the handshake may retry"),
     ("--container-wait", "FRACTAL_CONTAINER_WAIT", "seconds to wait for an unknown host port"),
     ("--start-ecs-agent", "FRACTAL_START_ECS_AGENT", "start the ECS agent (boolean)"),
     ("--ecs-agent-image", "FRACTAL_ECS_AGENT_IMAGE", "image of the ECS agent container"),

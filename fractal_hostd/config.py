@@ -99,6 +99,7 @@ class Config:
     spot_poll_interval: float = 5.0
     docker_unreachable_budget: float = 120.0
     container_wait: float = 10.0
+    handshake_timeout: float = 60.0
     start_ecs_agent: bool = False
     ecs_agent_image: str = "amazon/amazon-ecs-agent:latest"
     shutdown_report_timeout: float = 5.0
@@ -182,6 +183,7 @@ class _Parser:
                 "FRACTAL_DOCKER_UNREACHABLE_BUDGET", 120.0, positive=True
             ),
             container_wait=self.duration("FRACTAL_CONTAINER_WAIT", 10.0),
+            handshake_timeout=self.duration("FRACTAL_HANDSHAKE_TIMEOUT", 60.0, positive=True),
             start_ecs_agent=self.boolean(
                 "FRACTAL_START_ECS_AGENT", app_env in (AppEnv.STAGING, AppEnv.PROD)
             ),

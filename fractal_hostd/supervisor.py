@@ -1,0 +1,307 @@
+"""The root of the service: start-up order, the supervised child tasks, and the way out.
+
+Shape (see docs/architecture.md):
+
+    run()                                   signal receiver open for the whole life
+    └── outer nursery                       holds only the HTTPS API (hypercorn)
+        └── inner nursery                   signal watcher, Docker events, heartbeats,
+                                            spot poller, systemd watchdog
+    then: API drain → local cleanup → ShutdownReport (Sentry, dying heartbeat, flush)
+
+Why two nurseries: hypercorn in the same nursery as tasks that can crash would have its
+in-flight requests cut. With the API one floor up, a crash or a signal cancels only the inner
+nursery; then the API's shutdown trigger fires and hypercorn drains (graceful timeout) before
+the outer nursery closes. Start-up runs inside the inner nursery's body, step by step through
+`nursery.start`, so a signal during start-up cancels it like any other child.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import os
+import shutil
+import signal
+import time
+from collections.abc import AsyncIterator
+
+import trio
+
+from fractal_hostd import __version__, sdnotify, telemetry
+from fractal_hostd.api.app import create_app
+from fractal_hostd.api.server import serve_api
+from fractal_hostd.cloud_storage import CloudStorage
+from fractal_hostd.config import API_URL_FILE, Config
+from fractal_hostd.containers.lifecycle import ContainerLifecycle
+from fractal_hostd.containers.registry import ContainerRecord, ContainerRegistry
+from fractal_hostd.docker.client import DockerClient
+from fractal_hostd.docker.events import DockerUnreachableFatal, run_event_stream
+from fractal_hostd.ecs_agent import EcsAgentImageMissing, run_ecs_agent
+from fractal_hostd.heartbeat import Heartbeats
+from fractal_hostd.hoststate import DrainNotice, HostState, InstanceMetadata
+from fractal_hostd.imds import LOCAL_METADATA, ImdsClient, MetadataUnavailable, fetch_metadata
+from fractal_hostd.logs import register_secret, setup_logging
+from fractal_hostd.metrics import Metrics
+from fractal_hostd.secrets import ensure_private_dir, load_or_create_auth_secret
+from fractal_hostd.shutdown import ShutdownCause, ShutdownReport
+from fractal_hostd.spot import DrainHook, run_spot_poller
+from fractal_hostd.tls import generate_certificate
+from fractal_hostd.webserver import HandshakeFailed, WebserverClient
+
+logger = logging.getLogger(__name__)
+
+# Conditions that end the service on purpose; anything else escaping a child is a crash.
+FATAL_ERRORS: tuple[type[BaseException], ...] = (
+    MetadataUnavailable,
+    HandshakeFailed,
+    DockerUnreachableFatal,
+    EcsAgentImageMissing,
+)
+# Local cleanup (unmounts, private dir) comes before the report and has its own bound.
+LOCAL_CLEANUP_TIMEOUT = 5.0
+EXIT_CONFIG_ERROR = 2
+API_GRACEFUL_TIMEOUT = 3.0
+
+
+def run_service(config: Config) -> int:
+    """Run until a signal, a crash or a fatal condition; return the exit code (contract §7)."""
+    setup_logging(fmt="json" if config.log_format == "json" else "console", level=config.log_level)
+    return trio.run(Service(config).run)
+
+
+class Service:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.state = HostState(version=__version__, environment=config.app_env.value)
+        self.metrics = Metrics()
+        self.registry = ContainerRegistry()
+        self.cloud_storage = CloudStorage(
+            root=config.root, config_dir=config.private_dir / "rclone"
+        )
+        self.lifecycle = ContainerLifecycle(
+            mappings_dir=config.mappings_dir, registry=self.registry, on_gone=self._on_gone
+        )
+        self.report = ShutdownReport(
+            timeout=config.shutdown_report_timeout,
+            capture_error=telemetry.capture_crash,
+            flush=telemetry.flush_and_close,
+        )
+        self._api_stop = trio.Event()
+        self._signal_cause: ShutdownCause | None = None
+        self._started_at = time.monotonic()
+
+    async def run(self) -> int:
+        telemetry.init_sentry(
+            dsn=self.config.sentry_dsn.reveal() if self.config.sentry_dsn else None,
+            enabled=self.config.sentry_enabled,
+            environment=self.config.app_env.value,
+            release=telemetry.release_name(__version__, telemetry.git_commit()),
+        )
+        if not self.config.is_localdev and os.geteuid() != 0:
+            logger.error(
+                "APP_ENV=%s requires root (running as uid %d); refusing to start",
+                self.config.app_env.value,
+                os.geteuid(),
+            )
+            return EXIT_CONFIG_ERROR
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async with self._clients() as (docker, imds, webserver):
+                cause = await self._supervise(signals, docker, imds, webserver)
+                sdnotify.stopping()
+                await self._clean_up_locally()
+                await self.report.run(cause)
+        return cause.exit_code
+
+    @contextlib.asynccontextmanager
+    async def _clients(
+        self,
+    ) -> AsyncIterator[tuple[DockerClient, ImdsClient | None, WebserverClient | None]]:
+        """Clients of the outside world; they outlive the children for the dying heartbeat."""
+        config = self.config
+        async with contextlib.AsyncExitStack() as stack:
+            docker = DockerClient(str(config.docker_socket))
+            stack.push_async_callback(docker.aclose)
+            imds = ImdsClient(config.imds_url) if config.imds_url else None
+            if imds is not None:
+                stack.push_async_callback(imds.aclose)
+            webserver = WebserverClient(config.webserver_url) if config.webserver_url else None
+            if webserver is not None:
+                stack.push_async_callback(webserver.aclose)
+            yield docker, imds, webserver
+
+    async def _supervise(
+        self,
+        signals: AsyncIterator[int],
+        docker: DockerClient,
+        imds: ImdsClient | None,
+        webserver: WebserverClient | None,
+    ) -> ShutdownCause:
+        try:
+            async with trio.open_nursery() as outer:
+                try:
+                    async with trio.open_nursery() as inner:
+                        inner.start_soon(self._watch_signals, signals, inner.cancel_scope)
+                        await self._start_up(outer, inner, docker, imds, webserver)
+                finally:
+                    # Children are gone (or going): let hypercorn finish in-flight requests.
+                    self._api_stop.set()
+        except BaseException as exc:  # every way out of the nursery becomes a cause
+            cause = ShutdownCause.from_exception(exc, FATAL_ERRORS)
+            if cause is not None:
+                return cause
+            if not isinstance(exc, trio.Cancelled | BaseExceptionGroup):
+                raise
+        if self._signal_cause is None:
+            # The children only end by a signal, a crash or a fatal error; anything else is a bug.
+            return ShutdownCause("crash", "crash: supervisor children ended unexpectedly")
+        return self._signal_cause
+
+    async def _watch_signals(self, signals: AsyncIterator[int], children: trio.CancelScope) -> None:
+        async for signum in signals:
+            self._signal_cause = ShutdownCause.from_signal(signum)
+            logger.info("received %s: shutting down", signal.Signals(signum).name)
+            children.cancel()
+            return
+
+    async def _start_up(
+        self,
+        outer: trio.Nursery,
+        inner: trio.Nursery,
+        docker: DockerClient,
+        imds: ImdsClient | None,
+        webserver: WebserverClient | None,
+    ) -> None:
+        """Contract §6, each step complete before the next; READY=1 only at the end."""
+        config = self.config
+        if imds is None:
+            metadata = LOCAL_METADATA
+        else:
+            metadata = await fetch_metadata(imds)
+        self.state.metadata = metadata
+        telemetry.set_instance_tags(metadata)
+        logger.info("instance metadata read", extra={"instance_id": metadata.instance_id})
+
+        heartbeats: Heartbeats | None = None
+        if webserver is not None:
+            token = await webserver.handshake(metadata, deadline_s=config.handshake_timeout)
+            register_secret(token)
+            logger.info("handshake with the webserver done")
+            heartbeats = Heartbeats(
+                webserver,
+                auth_token=token,
+                metadata=metadata,
+                state=self.state,
+                num_containers=lambda: len(self.registry.records()),
+                on_result=self._count_heartbeat,
+            )
+            self.report.arm_dying_heartbeat(heartbeats.send_dying)
+
+        await self._serve_api(outer, metadata)
+        await self.cloud_storage.remove_leftovers()
+        await inner.start(
+            functools.partial(
+                run_event_stream,
+                docker,
+                self.lifecycle,
+                unreachable_budget=config.docker_unreachable_budget,
+                status=self.state.docker,
+            )
+        )
+        if config.start_ecs_agent:
+            await inner.start(
+                functools.partial(run_ecs_agent, docker, image=config.ecs_agent_image)
+            )
+        if heartbeats is not None:
+            await inner.start(
+                functools.partial(
+                    heartbeats.run,
+                    interval=config.heartbeat_interval,
+                    jitter=config.heartbeat_jitter,
+                )
+            )
+        if imds is not None:
+            # After heartbeat 0, so a drain heartbeat never takes number 0 (and always has
+            # a heartbeat stream to report to).
+            inner.start_soon(
+                functools.partial(
+                    run_spot_poller,
+                    imds,
+                    self.state,
+                    interval=config.spot_poll_interval,
+                    on_drain=self._drain_hook(heartbeats),
+                )
+            )
+        inner.start_soon(sdnotify.run_watchdog)
+        sdnotify.ready()
+        logger.info(
+            "ready",
+            extra={"startup_seconds": round(time.monotonic() - self._started_at, 3)},
+        )
+
+    async def _serve_api(self, outer: trio.Nursery, metadata: InstanceMetadata) -> None:
+        config = self.config
+        ensure_private_dir(config.private_dir)
+        if config.webserver_auth_secret is not None:
+            secret = config.webserver_auth_secret.reveal()
+        else:
+            secret = load_or_create_auth_secret(config.auth_secret_file)
+        register_secret(secret)
+        cert = generate_certificate(
+            config.private_dir,
+            extra_names=[ip for ip in (metadata.public_ipv4,) if ip],
+        )
+        app = create_app(
+            state=self.state,
+            registry=self.registry,
+            lifecycle=self.lifecycle,
+            metrics=self.metrics,
+            auth_secret=secret,
+            cloud_storage=self.cloud_storage,
+            container_wait=config.container_wait,
+        )
+        url = await outer.start(
+            functools.partial(
+                serve_api,
+                app,
+                bind=config.api_bind,
+                certfile=cert.certfile,
+                keyfile=cert.keyfile,
+                shutdown_trigger=self._api_stop.wait,
+                graceful_timeout=API_GRACEFUL_TIMEOUT,
+            )
+        )
+        self.state.api_url = url
+        (config.private_dir / API_URL_FILE).write_text(url)
+        logger.info("HTTPS API serving", extra={"url": url})
+
+    def _count_heartbeat(self, ok: bool) -> None:
+        self.metrics.heartbeats.labels(result="ok" if ok else "failed").inc()
+
+    def _drain_hook(self, heartbeats: Heartbeats | None) -> DrainHook:
+        async def on_drain(notice: DrainNotice) -> None:
+            telemetry.capture_warning(
+                "host is draining", kind=notice.kind, action=notice.action, time=notice.time
+            )
+            if heartbeats is not None:
+                await heartbeats.send_now()
+
+        return on_drain
+
+    async def _on_gone(self, record: ContainerRecord) -> None:
+        await self.cloud_storage.unmount_container(record.host_port)
+
+    async def _clean_up_locally(self) -> None:
+        """Contract §7 step 2: unmount cloud storage, remove the private directory.
+
+        Mapping directories of running containers stay: a restart adopts them.
+        """
+        with trio.move_on_after(LOCAL_CLEANUP_TIMEOUT, shield=True) as scope:
+            await self.cloud_storage.unmount_all()
+            await trio.to_thread.run_sync(
+                shutil.rmtree,
+                self.config.private_dir,
+                True,  # ignore_errors
+            )
+        if scope.cancelled_caught:
+            logger.error("local cleanup cut short after %.0f s", LOCAL_CLEANUP_TIMEOUT)

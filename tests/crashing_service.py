@@ -1,0 +1,42 @@
+"""`python -m tests.crashing_service`: the real service, plus one child task that crashes.
+
+The end-to-end tests run this as a subprocess to see a genuine crash inside the root nursery
+(after start-up completed) go through the shutdown report. Nothing in the service knows about
+it: the subclass only adds a child beside the real ones.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import trio
+
+from fractal_hostd.config import Config
+from fractal_hostd.logs import setup_logging
+from fractal_hostd.supervisor import Service
+
+
+class ChildCrashed(RuntimeError):
+    pass
+
+
+async def crash_soon() -> None:
+    await trio.sleep(float(os.environ.get("FHD_TEST_CRASH_AFTER", "0.2")))
+    raise ChildCrashed("a child task failed on purpose (test)")
+
+
+class ServiceWithCrashingChild(Service):
+    async def _start_up(self, outer: trio.Nursery, inner: trio.Nursery, *args: object) -> None:
+        await super()._start_up(outer, inner, *args)  # type: ignore[arg-type]
+        inner.start_soon(crash_soon)
+
+
+def main() -> int:
+    config = Config.from_env(os.environ)
+    setup_logging(fmt="json" if config.log_format == "json" else "console", level=config.log_level)
+    return trio.run(ServiceWithCrashingChild(config).run)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,106 @@
+"""The command line as a user meets it: real subprocesses, exit codes, one-line errors."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fractal_hostd.cli import main
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("FRACTAL_", "SENTRY_", "APP_ENV", "USE_PROD_SENTRY", "DOCKER_HOST"))
+    }
+    env.update(extra)
+    return env
+
+
+def run_cli(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "fractal_hostd", *args],
+        env=clean_env(**env),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_config_error_exits_2_with_one_line() -> None:
+    result = run_cli("run", FRACTAL_HEARTBEAT_INTERVAL="soon")
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert "FRACTAL_HEARTBEAT_INTERVAL" in lines[0]
+    assert "'soon'" in lines[0]
+    assert "Traceback" not in result.stderr
+
+
+def test_flag_is_validated_like_its_variable() -> None:
+    result = run_cli("run", "--app-env", "moon")
+    assert result.returncode == 2
+    assert "APP_ENV='moon'" in result.stderr
+
+
+def test_missing_secret_outside_localdev_exits_2() -> None:
+    result = run_cli("run", APP_ENV="production")
+    assert result.returncode == 2
+    assert "FRACTAL_WEBSERVER_AUTH_SECRET" in result.stderr
+
+
+def test_secret_value_never_echoed_in_errors(tmp_path: Path) -> None:
+    result = run_cli(
+        "run",
+        APP_ENV="prod",
+        FRACTAL_WEBSERVER_AUTH_SECRET="hunter2-topsecret",
+        FRACTAL_LOG_LEVEL="chatty",
+    )
+    assert result.returncode == 2
+    assert "hunter2-topsecret" not in result.stderr + result.stdout
+
+
+def test_version_and_help(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0
+    assert "fractal-hostd" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    out = capsys.readouterr().out
+    assert "--heartbeat-interval" in out
+    assert "FRACTAL_HEARTBEAT_INTERVAL" in out
+
+
+def test_check_reports_unreachable_docker_and_exits_1(tmp_path: Path) -> None:
+    result = run_cli(
+        "check",
+        DOCKER_HOST=f"unix://{tmp_path}/no-docker.sock",
+        FRACTAL_ROOT=str(tmp_path / "root"),
+        FRACTAL_PRIVATE_DIR=str(tmp_path / "private"),
+    )
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "FAIL  docker" in result.stdout
+    assert "no-docker.sock" in result.stdout
+    assert "Traceback" not in result.stderr
+
+
+def test_check_on_a_ready_host_exits_0(tmp_path: Path, docker_socket: Path) -> None:
+    result = run_cli(
+        "check",
+        DOCKER_HOST=f"unix://{docker_socket}",
+        FRACTAL_ROOT=str(tmp_path / "root"),
+        FRACTAL_PRIVATE_DIR=str(tmp_path / "private"),
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "OK    docker" in result.stdout
+    assert "ready" in result.stdout

@@ -1,0 +1,210 @@
+"""The whole service as a real subprocess: start-up, signals, crashes, fatal conditions.
+
+Peers are real servers on loopback (fake webserver, IMDS, Sentry) and a fake Docker Engine on
+a unix socket; the service is `python -m fractal_hostd run` receiving real signals. Bounds
+are generous `fail_after`s (these machines are shared), never speed assertions; the measured
+start-up and shutdown times are printed for the notes (`pytest -s`).
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import ssl
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import trio
+
+from tests.service_harness import (
+    AUTH_SECRET,
+    Peers,
+    ServiceProcess,
+    running_peers,
+    running_service,
+    service_env,
+)
+
+START_BOUND = 60  # seconds; a cold interpreter on a loaded 2-core machine is slow
+EXIT_BOUND = 30
+
+
+def _api(tmp_path: Path) -> tuple[str, Path]:
+    private = tmp_path / "private"
+    return (private / "api_url").read_text().strip(), private / "cert.pem"
+
+
+async def _wait_for_file(path: Path) -> str:
+    while not path.exists():
+        await trio.sleep(0.02)
+    return path.read_text()
+
+
+def _no_secrets(text: str, peers: Peers) -> None:
+    assert AUTH_SECRET not in text
+    assert peers.webserver.token not in text
+
+
+def _sentry_raw(peers: Peers) -> str:
+    return json.dumps(
+        [item.payload for env in peers.sentry.envelopes for item in env.items], default=str
+    )
+
+
+async def _ready(service: ServiceProcess, peers: Peers) -> float:
+    with trio.fail_after(START_BOUND):
+        await peers.webserver.wait_for_heartbeats(1)
+    return time.monotonic() - service.exec_at
+
+
+async def _exit(service: ServiceProcess) -> tuple[int, float]:
+    start = time.monotonic()
+    with trio.fail_after(EXIT_BOUND):
+        code = await service.wait()
+    return code, time.monotonic() - start
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+async def test_ready_then_signal_sends_dying_heartbeat_and_exits_0(
+    tmp_path: Path, signum: int
+) -> None:
+    async with running_peers(tmp_path) as peers:
+        env = service_env(tmp_path, peers)
+        async with running_service(tmp_path, env) as service:
+            startup = await _ready(service, peers)
+            handshake = peers.webserver.handshakes[0]
+            assert set(handshake) == {"InstanceID", "InstanceType", "Region", "AWSAmiID"}
+            first = peers.webserver.heartbeats[0]
+            assert first["HeartbeatNumber"] == 0
+            assert first["IsDyingHeartbeat"] is False
+            assert first["InstanceID"] == handshake["InstanceID"]
+
+            url, cert = _api(tmp_path)
+            async with httpx.AsyncClient(verify=ssl.create_default_context(cafile=cert), timeout=10) as client:
+                health = await client.get(f"{url.replace('127.0.0.1', 'localhost')}/health")
+            assert (health.status_code, health.json()) == (200, {"status": "ok"})
+
+            service.send_signal(signum)
+            code, shutdown = await _exit(service)
+        print(f"\nstart-up exec→heartbeat 0: {startup:.3f} s; shutdown: {shutdown:.3f} s")
+        assert code == 0
+        dying = peers.webserver.heartbeats[-1]
+        assert dying["IsDyingHeartbeat"] is True
+        assert dying["HeartbeatNumber"] == len(peers.webserver.heartbeats) - 1
+        assert dying["ShutdownReason"] == f"received {signal.Signals(signum).name}"
+        assert peers.sentry.events == []  # a signal is not an error
+        assert not (tmp_path / "private").exists()
+        _no_secrets(service.logs(), peers)
+
+
+async def test_managed_container_gets_files_and_dpi_over_the_api(tmp_path: Path) -> None:
+    async with running_peers(tmp_path) as peers:
+        async with running_service(tmp_path, service_env(tmp_path, peers)) as service:
+            await _ready(service, peers)
+            container_id = peers.docker.run(name="fhtest-e2e")
+            host_port = int(peers.docker.containers[container_id].ports["32262/tcp"][0]["HostPort"])
+            mapping = tmp_path / "fractal" / "containerResourceMappings" / container_id
+            with trio.fail_after(10):
+                assert await _wait_for_file(mapping / "tty") == "10"
+            assert (mapping / "hostPort_for_my_32262_tcp").read_text() == str(host_port)
+
+            url, cert = _api(tmp_path)
+            async with httpx.AsyncClient(verify=ssl.create_default_context(cafile=cert), timeout=10) as client:
+                answer = await client.put(
+                    f"{url.replace('127.0.0.1', 'localhost')}/set_container_dpi",
+                    json={"host_port": host_port, "dpi": 192},
+                    headers={"Authorization": f"Bearer {AUTH_SECRET}"},
+                )
+            assert answer.status_code == 200, answer.text
+            assert (mapping / "DPI").read_text() == "192"
+            assert (mapping / ".ready").read_text() == ".ready"
+
+            peers.docker.kill(container_id)
+            with trio.fail_after(10):
+                while mapping.exists():
+                    await trio.sleep(0.02)
+            service.send_signal()
+            assert (await _exit(service))[0] == 0
+        _no_secrets(service.logs(), peers)
+
+
+def _exception_event(peers: Peers) -> dict[str, Any]:
+    events = [e for e in peers.sentry.events if e.get("exception")]
+    assert len(events) == 1, events
+    return events[0]
+
+
+async def test_crash_in_a_child_is_reported_once_with_traceback(tmp_path: Path) -> None:
+    async with running_peers(tmp_path) as peers:
+        env = service_env(tmp_path, peers)
+        argv = ("-m", "tests.crashing_service")
+        async with running_service(tmp_path, env, argv) as service:
+            await _ready(service, peers)
+            code, _ = await _exit(service)
+        assert code == 1
+        event = _exception_event(peers)
+        exception = event["exception"]["values"][-1]
+        assert exception["type"] == "ChildCrashed"
+        frames = [f["function"] for f in exception["stacktrace"]["frames"]]
+        assert "crash_soon" in frames
+        dying = peers.webserver.heartbeats[-1]
+        assert dying["IsDyingHeartbeat"] is True
+        assert dying["ShutdownReason"].startswith("crash: ChildCrashed")
+        _no_secrets(service.logs() + _sentry_raw(peers), peers)
+
+
+async def test_handshake_failure_is_fatal_without_heartbeats(tmp_path: Path) -> None:
+    async with running_peers(tmp_path) as peers:
+        peers.webserver.handshake_status = 500
+        env = service_env(tmp_path, peers, FRACTAL_HANDSHAKE_TIMEOUT="1")
+        async with running_service(tmp_path, env) as service:
+            code, _ = await _exit(service)
+        assert code == 1
+        assert peers.webserver.handshakes  # it tried
+        assert peers.webserver.heartbeats == []  # no token: no (dying) heartbeat
+        event = _exception_event(peers)
+        assert event["exception"]["values"][-1]["type"] == "HandshakeFailed"
+
+
+async def test_docker_unreachable_beyond_budget_is_fatal(tmp_path: Path) -> None:
+    async with running_peers(tmp_path) as peers:
+        env = service_env(
+            tmp_path,
+            peers,
+            DOCKER_HOST=f"unix://{tmp_path}/missing.sock",
+            FRACTAL_DOCKER_UNREACHABLE_BUDGET="1",
+        )
+        async with running_service(tmp_path, env) as service:
+            code, _ = await _exit(service)
+        assert code == 1
+        assert _exception_event(peers)["exception"]["values"][-1]["type"] == (
+            "DockerUnreachableFatal"
+        )
+        assert peers.webserver.heartbeats[-1]["IsDyingHeartbeat"] is True
+
+
+async def test_blackholed_webserver_cannot_hold_the_exit(tmp_path: Path) -> None:
+    async with running_peers(tmp_path) as peers:
+        async with running_service(tmp_path, service_env(tmp_path, peers)) as service:
+            await _ready(service, peers)
+            peers.webserver.heartbeat_blackhole = True
+            service.send_signal()
+            code, shutdown = await _exit(service)
+        print(f"\nshutdown with the webserver blackholed: {shutdown:.3f} s (report budget 2 s)")
+        assert code == 0
+        assert peers.webserver.heartbeats[-1]["IsDyingHeartbeat"] is True  # sent, never answered
+
+
+async def test_blackholed_sentry_cannot_hold_the_exit_after_a_crash(tmp_path: Path) -> None:
+    async with running_peers(tmp_path, sentry_blackhole=True) as peers:
+        argv = ("-m", "tests.crashing_service")
+        async with running_service(tmp_path, service_env(tmp_path, peers), argv) as service:
+            await _ready(service, peers)
+            code, shutdown = await _exit(service)
+        print(f"\ncrash exit with Sentry blackholed: {shutdown:.3f} s (report budget 2 s)")
+        assert code == 1
+        assert peers.sentry.requests_seen >= 1
+        assert peers.webserver.heartbeats[-1]["IsDyingHeartbeat"] is True
