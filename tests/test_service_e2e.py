@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import signal
 import ssl
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -83,7 +84,9 @@ async def test_ready_then_signal_sends_dying_heartbeat_and_exits_0(
             assert first["InstanceID"] == handshake["InstanceID"]
 
             url, cert = _api(tmp_path)
-            async with httpx.AsyncClient(verify=ssl.create_default_context(cafile=cert), timeout=10) as client:
+            async with httpx.AsyncClient(
+                verify=ssl.create_default_context(cafile=cert), timeout=10
+            ) as client:
                 health = await client.get(f"{url.replace('127.0.0.1', 'localhost')}/health")
             assert (health.status_code, health.json()) == (200, {"status": "ok"})
 
@@ -112,7 +115,9 @@ async def test_managed_container_gets_files_and_dpi_over_the_api(tmp_path: Path)
             assert (mapping / "hostPort_for_my_32262_tcp").read_text() == str(host_port)
 
             url, cert = _api(tmp_path)
-            async with httpx.AsyncClient(verify=ssl.create_default_context(cafile=cert), timeout=10) as client:
+            async with httpx.AsyncClient(
+                verify=ssl.create_default_context(cafile=cert), timeout=10
+            ) as client:
                 answer = await client.put(
                     f"{url.replace('127.0.0.1', 'localhost')}/set_container_dpi",
                     json={"host_port": host_port, "dpi": 192},
@@ -208,3 +213,101 @@ async def test_blackholed_sentry_cannot_hold_the_exit_after_a_crash(tmp_path: Pa
         assert code == 1
         assert peers.sentry.requests_seen >= 1
         assert peers.webserver.heartbeats[-1]["IsDyingHeartbeat"] is True
+
+
+async def test_spot_notice_drains_the_host(tmp_path: Path) -> None:
+    """Fake IMDS notice → heartbeat with IsDraining → /status draining → mounts refused."""
+    async with running_peers(tmp_path) as peers:
+        env = service_env(tmp_path, peers, FRACTAL_SPOT_POLL_INTERVAL="0.1")
+        async with running_service(tmp_path, env) as service:
+            await _ready(service, peers)
+            container_id = peers.docker.run(name="fhtest-drain")
+            host_port = int(peers.docker.containers[container_id].ports["32262/tcp"][0]["HostPort"])
+            peers.imds.schedule_spot("terminate")
+            with trio.fail_after(20):
+                while not any(hb["IsDraining"] for hb in peers.webserver.heartbeats):
+                    await trio.sleep(0.05)
+            draining = [hb for hb in peers.webserver.heartbeats if hb["IsDraining"]]
+            assert len(draining) == 1  # one immediate heartbeat, not one per poll
+            assert draining[0]["IsDyingHeartbeat"] is False
+
+            url, cert = _api(tmp_path)
+            url = url.replace("127.0.0.1", "localhost")
+            auth = {"Authorization": f"Bearer {AUTH_SECRET}"}
+            context = ssl.create_default_context(cafile=cert)
+            async with httpx.AsyncClient(verify=context, timeout=15, headers=auth) as client:
+                status = (await client.get(f"{url}/status")).json()
+                mount = await client.post(
+                    f"{url}/mount_cloud_storage",
+                    json={
+                        "host_port": host_port,
+                        "provider": "dropbox",
+                        "access_token": "at-secret-value",
+                        "refresh_token": "rt-secret-value",
+                        "expiry": "2030-01-01T00:00:00Z",
+                        "token_type": "bearer",
+                    },
+                )
+                dpi = await client.put(
+                    f"{url}/set_container_dpi", json={"host_port": host_port, "dpi": 96}
+                )
+            assert status["draining"]
+            assert (mount.status_code, mount.json()["error"]) == (406, "host is draining")
+            assert dpi.status_code == 200  # containers already on the host still start
+            service.send_signal()
+            assert (await _exit(service))[0] == 0
+        warnings = [e for e in peers.sentry.events if e.get("level") == "warning"]
+        assert any("draining" in json.dumps(e) for e in warnings)
+        logs = service.logs()
+        assert "at-secret-value" not in logs
+        assert "rt-secret-value" not in logs
+
+
+def _docker(*args: str) -> str:
+    return subprocess.run(
+        ["docker", *args], check=True, capture_output=True, text=True, timeout=60
+    ).stdout.strip()
+
+
+async def test_restart_on_a_real_engine_keeps_the_tty(tmp_path: Path, docker_socket: Path) -> None:
+    """Real dockerd: a container gets its files; after a service restart it keeps its TTY."""
+    name = f"fhtest-e2e-{tmp_path.name[-8:]}"
+    async with running_peers(tmp_path) as peers:
+        env = service_env(tmp_path, peers, DOCKER_HOST=f"unix://{docker_socket}")
+        mappings = tmp_path / "fractal" / "containerResourceMappings"
+        container_id = ""
+        try:
+            async with running_service(tmp_path, env) as first:
+                await _ready(first, peers)
+                container_id = await trio.to_thread.run_sync(
+                    _docker,
+                    "run",
+                    "-d",
+                    "--name",
+                    name,
+                    "-p",
+                    "127.0.0.1::32262",
+                    "fractal-hostd-test-busybox:latest",
+                    "sleep",
+                    "300",
+                )
+                with trio.fail_after(20):
+                    tty = await _wait_for_file(mappings / container_id / "tty")
+                first.send_signal()
+                assert (await _exit(first))[0] == 0
+            assert (mappings / container_id / "tty").read_text() == tty  # kept for adoption
+
+            heartbeats_before = len(peers.webserver.heartbeats)
+            async with running_service(tmp_path, env) as second:
+                with trio.fail_after(START_BOUND):
+                    await peers.webserver.wait_for_heartbeats(heartbeats_before + 1)
+                assert (mappings / container_id / "tty").read_text() == tty
+                await trio.to_thread.run_sync(_docker, "rm", "-f", container_id)
+                with trio.fail_after(20):
+                    while (mappings / container_id).exists():
+                        await trio.sleep(0.05)
+                second.send_signal()
+                assert (await _exit(second))[0] == 0
+        finally:
+            if container_id:
+                subprocess.run(["docker", "rm", "-f", name], capture_output=True, check=False)
