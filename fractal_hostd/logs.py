@@ -1,0 +1,224 @@
+"""Logging set-up: one stderr handler, JSON lines or a console format, and redaction.
+
+The primary rule is that callers never log secrets, tokens or request bodies. Redaction here is
+the last line of defence, and the same patterns serve the Sentry scrubber in `telemetry`, so the
+two outputs of the service (journald and Sentry) mask the same things:
+
+* values of keys that name a secret (`auth`, `secret`, `token`, `password`, `cookie`, `refresh`,
+  `access`, `credential`, `dsn`, `api_key`, `private_key`), whether the key is a dict key, an
+  `extra=` field, or text such as `token=abc`, `"access_token": "abc"` or `Authorization: Bearer x`;
+* `Bearer`/`Basic` credentials anywhere in text;
+* user info in URLs (`https://key@sentry.example/1`);
+* every value registered with `register_secret` (the webserver auth secret, the AuthToken, ...),
+  wherever it appears.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import re
+import sys
+import threading
+from collections.abc import Mapping
+from typing import Any, Final, Literal
+
+LogFormat = Literal["json", "console"]
+
+FILTERED: Final = "[Filtered]"
+
+# Put `extra={NO_SENTRY_EVENT: True}` on an ERROR record that must not become a Sentry event
+# (e.g. the supervisor's crash log line, whose exception `telemetry.capture_crash` reports).
+# Keys with a leading underscore are left out of log output and of Sentry's `extra`.
+NO_SENTRY_EVENT: Final = "_no_sentry_event"
+
+LEVELS: Final[Mapping[str, int]] = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+    "critical": logging.CRITICAL,
+}
+
+# Libraries whose INFO lines are per-request noise (httpx logs every request at INFO).
+_QUIET_LOGGERS: Final = ("httpx", "httpcore", "hpack", "urllib3")
+
+_SENSITIVE_WORD = (
+    r"(?:auth|secret|token|passw|pwd|cookie|refresh|access|credential|dsn"
+    r"|api[-_]?key|private[-_]?key)"
+)
+_SENSITIVE_KEY_RE: Final = re.compile(_SENSITIVE_WORD, re.IGNORECASE)
+_KEY = rf"[\w.-]*{_SENSITIVE_WORD}[\w.-]*"
+_SEP = r"[\"']?\s*[:=]\s*"
+# `token="a b"`, `'secret': 'x'`, `"access_token": "ya29..."`
+_QUOTED_VALUE_RE: Final = re.compile(rf"({_KEY})({_SEP})([\"'])(.*?)(\3)", re.IGNORECASE)
+# `token=abc&x=1`, `SECRET: abc`, `Authorization: Bearer abc`
+_BARE_VALUE_RE: Final = re.compile(
+    rf"({_KEY})({_SEP})(?![\"'\[])((?:bearer\s+|basic\s+)?[^\s\"'&,;)}}\]]+)", re.IGNORECASE
+)
+_AUTH_SCHEME_RE: Final = re.compile(r"\b(bearer|basic)\s+[A-Za-z0-9\-._~+/]+=*", re.IGNORECASE)
+_URL_USERINFO_RE: Final = re.compile(r"\b([a-z][a-z0-9+.-]*://)[^/\s:@]+(?::[^/\s@]*)?@", re.I)
+
+# Shorter values would mask ordinary words; real secrets and tokens are much longer.
+_MIN_REGISTERED_LENGTH: Final = 8
+_registered_secrets: set[str] = set()
+_registered_lock = threading.Lock()
+
+
+def register_secret(value: str | None) -> None:
+    """Mask this exact value wherever it appears in logs and Sentry events from now on."""
+    if value and len(value) >= _MIN_REGISTERED_LENGTH:
+        with _registered_lock:
+            _registered_secrets.add(value)
+
+
+def is_sensitive_key(key: str) -> bool:
+    """True when a mapping key or field name says its value is a secret."""
+    return bool(_SENSITIVE_KEY_RE.search(key))
+
+
+def redact_text(text: str) -> str:
+    """Mask secret-looking parts of free text (messages, exception values, tracebacks)."""
+    with _registered_lock:
+        known = sorted(_registered_secrets, key=len, reverse=True)
+    for secret in known:
+        if secret in text:
+            text = text.replace(secret, FILTERED)
+    text = _QUOTED_VALUE_RE.sub(rf"\1\2\3{FILTERED}\5", text)
+    text = _BARE_VALUE_RE.sub(rf"\1\2{FILTERED}", text)
+    text = _AUTH_SCHEME_RE.sub(rf"\1 {FILTERED}", text)
+    return _URL_USERINFO_RE.sub(rf"\1{FILTERED}@", text)
+
+
+def redact_value(value: Any) -> Any:
+    """Redact a structured value: secret keys masked, strings redacted, containers walked."""
+    if isinstance(value, str):
+        return redact_text(value)
+    if isinstance(value, Mapping):
+        return {
+            k: FILTERED if isinstance(k, str) and is_sensitive_key(k) else redact_value(v)
+            for k, v in value.items()
+        }
+    if isinstance(value, list | tuple):
+        return [redact_value(v) for v in value]
+    return value
+
+
+def parse_level(name: str) -> int:
+    """`FRACTAL_LOG_LEVEL` value -> logging level; ValueError naming the allowed values."""
+    level = LEVELS.get(name.strip().lower())
+    if level is None:
+        allowed = ", ".join(LEVELS)
+        raise ValueError(f"FRACTAL_LOG_LEVEL: {name!r} is not one of {allowed}")
+    return level
+
+
+_STANDARD_ATTRS: Final = frozenset(
+    logging.LogRecord("", 0, "", 0, "", (), None).__dict__.keys() | {"message", "asctime"}
+)
+
+
+def record_context(record: logging.LogRecord) -> dict[str, Any]:
+    """The `extra=` fields of a record (private `_` keys left out)."""
+    return {
+        k: v
+        for k, v in record.__dict__.items()
+        if k not in _STANDARD_ATTRS and not k.startswith("_")
+    }
+
+
+class RedactingFilter(logging.Filter):
+    """Handler filter that masks secrets in the message, the `extra=` fields and tracebacks.
+
+    It edits the record in place, so the Sentry logging integration (which sees the record after
+    the handlers) gets the masked version too. The message template is only replaced when
+    redaction changed something, so Sentry still groups records by their template.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        redacted = redact_text(message)
+        if redacted != message:
+            record.msg, record.args = redacted, None
+        for key, value in record_context(record).items():
+            setattr(record, key, FILTERED if is_sensitive_key(key) else redact_value(value))
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = redact_text(record.exc_text)
+        if record.stack_info:
+            record.stack_info = redact_text(record.stack_info)
+        return True
+
+
+def _rfc3339(created: float) -> str:
+    stamp = dt.datetime.fromtimestamp(created, tz=dt.UTC).isoformat(timespec="milliseconds")
+    return stamp.replace("+00:00", "Z")
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: ts, level, logger, msg, the `extra=` fields, exc/stack."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, Any] = {
+            "ts": _rfc3339(record.created),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        for key, value in record_context(record).items():
+            line.setdefault(key, value)
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:
+            line["exc"] = record.exc_text
+        if record.stack_info:
+            line["stack"] = record.stack_info
+        return json.dumps(line, default=str, ensure_ascii=False)
+
+
+class ConsoleFormatter(logging.Formatter):
+    """`12:00:00.123 INFO  fractal_hostd.api: message  key=value ...` for localdev."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        stamp = dt.datetime.fromtimestamp(record.created).strftime("%H:%M:%S.%f")[:-3]
+        text = f"{stamp} {record.levelname:<7} {record.name}: {record.getMessage()}"
+        context = record_context(record)
+        if context:
+            text += "  " + " ".join(f"{k}={v}" for k, v in context.items())
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:
+            text += "\n" + record.exc_text
+        if record.stack_info:
+            text += "\n" + self.formatStack(record.stack_info)
+        return text
+
+
+class _ServiceHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Marks the handler `setup_logging` installed, so calling it again replaces it."""
+
+
+def setup_logging(*, fmt: LogFormat, level: str) -> None:
+    """Send all logging to stderr (journald under systemd) in the chosen format.
+
+    Idempotent: a second call replaces the handler installed by the first. Handlers added by
+    others (pytest's caplog, for one) are left alone.
+    """
+    if fmt not in ("json", "console"):
+        raise ValueError(f"FRACTAL_LOG_FORMAT: {fmt!r} is not one of json, console")
+    root = logging.getLogger()
+    root.setLevel(parse_level(level))
+    for old in [h for h in root.handlers if isinstance(h, _ServiceHandler)]:
+        root.removeHandler(old)
+    handler = _ServiceHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else ConsoleFormatter())
+    handler.addFilter(RedactingFilter())
+    root.addHandler(handler)
+    for name in _QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(max(logging.WARNING, root.level))
+    # hypercorn's access log stays off (`Config.accesslog = None`, its default): the API counts
+    # requests in /metrics instead of one log line per request.
+    logging.getLogger("hypercorn.access").disabled = True
+    logging.captureWarnings(True)
