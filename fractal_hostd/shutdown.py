@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 import trio
 
+from fractal_hostd.logs import NO_SENTRY_EVENT
+
 logger = logging.getLogger(__name__)
 
 EXIT_OK = 0
@@ -105,7 +107,13 @@ class ShutdownReport:
             return
         self._done = True
         log = logger.info if cause.kind == "signal" else logger.error
-        log("shutting down: %s", cause.reason, extra={"shutdown_kind": cause.kind})
+        # The error itself goes to Sentry below, with its traceback: this line must not be a
+        # second event.
+        log(
+            "shutting down: %s",
+            cause.reason,
+            extra={"shutdown_kind": cause.kind, NO_SENTRY_EVENT: True},
+        )
         with trio.move_on_after(self._timeout, shield=True) as budget:
             if cause.error is not None:
                 self._capture_error(cause.error)

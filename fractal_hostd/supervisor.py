@@ -18,13 +18,15 @@ the outer nursery closes. Start-up runs inside the inner nursery's body, step by
 from __future__ import annotations
 
 import contextlib
+import faulthandler
 import functools
 import logging
 import os
 import shutil
 import signal
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import trio
 
@@ -66,8 +68,26 @@ API_GRACEFUL_TIMEOUT = 3.0
 
 def run_service(config: Config) -> int:
     """Run until a signal, a crash or a fatal condition; return the exit code (contract §7)."""
+    # A watchdog kill (SIGABRT) or a hard fault then leaves every thread's stack in the journal.
+    faulthandler.enable()
     setup_logging(fmt="json" if config.log_format == "json" else "console", level=config.log_level)
     return trio.run(Service(config).run)
+
+
+def _in_task_scope(
+    name: str, task: Callable[..., Awaitable[object]], *args: Any, **kwargs: Any
+) -> Callable[..., Awaitable[None]]:
+    """`task(*args, **kwargs)` as a child with its own Sentry isolation scope.
+
+    sentry-sdk has no trio integration: without this, tags and breadcrumbs of one task would
+    land on the scope all tasks share.
+    """
+
+    async def scoped(*, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
+        with telemetry.task_scope(name):
+            await task(*args, **kwargs, task_status=task_status)
+
+    return scoped
 
 
 class Service:
@@ -137,21 +157,25 @@ class Service:
         imds: ImdsClient | None,
         webserver: WebserverClient | None,
     ) -> ShutdownCause:
+        errors: list[BaseException] = []
         try:
             async with trio.open_nursery() as outer:
                 try:
                     async with trio.open_nursery() as inner:
                         inner.start_soon(self._watch_signals, signals, inner.cancel_scope)
                         await self._start_up(outer, inner, docker, imds, webserver)
-                finally:
-                    # Children are gone (or going): let hypercorn finish in-flight requests.
-                    self._api_stop.set()
-        except BaseException as exc:  # every way out of the nursery becomes a cause
-            cause = ShutdownCause.from_exception(exc, FATAL_ERRORS)
+                except BaseException as exc:
+                    # Held, not raised: an exception leaving this body would make the outer
+                    # nursery cancel hypercorn at once and cut the in-flight requests.
+                    errors.append(exc)
+                # The children are gone: let hypercorn finish in-flight requests, then stop.
+                self._api_stop.set()
+        except BaseException as exc:  # the API server itself failed
+            errors.append(exc)
+        for error in reversed(errors):  # the API's failure explains the children's cancellation
+            cause = ShutdownCause.from_exception(error, FATAL_ERRORS)
             if cause is not None:
                 return cause
-            if not isinstance(exc, trio.Cancelled | BaseExceptionGroup):
-                raise
         if self._signal_cause is None:
             # The children only end by a signal, a crash or a fatal error; anything else is a bug.
             return ShutdownCause("crash", "crash: supervisor children ended unexpectedly")
@@ -200,7 +224,8 @@ class Service:
         await self._serve_api(outer, metadata)
         await self.cloud_storage.remove_leftovers()
         await inner.start(
-            functools.partial(
+            _in_task_scope(
+                "docker-events",
                 run_event_stream,
                 docker,
                 self.lifecycle,
@@ -210,11 +235,12 @@ class Service:
         )
         if config.start_ecs_agent:
             await inner.start(
-                functools.partial(run_ecs_agent, docker, image=config.ecs_agent_image)
+                _in_task_scope("ecs-agent", run_ecs_agent, docker, image=config.ecs_agent_image)
             )
         if heartbeats is not None:
             await inner.start(
-                functools.partial(
+                _in_task_scope(
+                    "heartbeats",
                     heartbeats.run,
                     interval=config.heartbeat_interval,
                     jitter=config.heartbeat_jitter,
@@ -224,7 +250,8 @@ class Service:
             # After heartbeat 0, so a drain heartbeat never takes number 0 (and always has
             # a heartbeat stream to report to).
             inner.start_soon(
-                functools.partial(
+                _in_task_scope(
+                    "spot-poller",
                     run_spot_poller,
                     imds,
                     self.state,

@@ -8,6 +8,7 @@ it: the subclass only adds a child beside the real ones.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 
 import trio
@@ -22,7 +23,13 @@ class ChildCrashed(RuntimeError):
 
 
 async def crash_soon() -> None:
-    await trio.sleep(float(os.environ.get("FHD_TEST_CRASH_AFTER", "0.2")))
+    """Crash after FHD_TEST_CRASH_AFTER seconds, or at once on SIGUSR1."""
+    with (
+        trio.open_signal_receiver(signal.SIGUSR1) as crash_now,
+        trio.move_on_after(float(os.environ.get("FHD_TEST_CRASH_AFTER", "0.2"))),
+    ):
+        async for _ in crash_now:
+            break
     raise ChildCrashed("a child task failed on purpose (test)")
 
 

@@ -151,6 +151,7 @@ async def test_crash_in_a_child_is_reported_once_with_traceback(tmp_path: Path) 
             code, _ = await _exit(service)
         assert code == 1
         event = _exception_event(peers)
+        assert len(peers.sentry.events) == 1  # reported once: no extra log-line event
         exception = event["exception"]["values"][-1]
         assert exception["type"] == "ChildCrashed"
         frames = [f["function"] for f in exception["stacktrace"]["frames"]]
@@ -311,3 +312,42 @@ async def test_restart_on_a_real_engine_keeps_the_tty(tmp_path: Path, docker_soc
         finally:
             if container_id:
                 subprocess.run(["docker", "rm", "-f", name], capture_output=True, check=False)
+
+
+@pytest.mark.parametrize("path", ["signal", "crash"])
+async def test_in_flight_request_completes_on_every_shutdown_path(
+    tmp_path: Path, path: str
+) -> None:
+    """A request still waiting for its container when the service stops gets its answer."""
+    async with running_peers(tmp_path) as peers:
+        env = service_env(
+            tmp_path, peers, FRACTAL_CONTAINER_WAIT="1.5", FHD_TEST_CRASH_AFTER="3600"
+        )
+        argv = ("-m", "tests.crashing_service")
+        async with running_service(tmp_path, env, argv) as service:
+            await _ready(service, peers)
+            url, cert = _api(tmp_path)
+            answers: list[httpx.Response] = []
+
+            async def slow_request() -> None:
+                context = ssl.create_default_context(cafile=cert)
+                async with httpx.AsyncClient(verify=context, timeout=20) as client:
+                    answers.append(
+                        await client.put(
+                            f"{url.replace('127.0.0.1', 'localhost')}/set_container_dpi",
+                            json={"host_port": 4999, "dpi": 96},
+                            headers={"Authorization": f"Bearer {AUTH_SECRET}"},
+                        )
+                    )
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(slow_request)
+                await trio.sleep(0.5)  # the request is now waiting for host port 4999
+                if path == "signal":
+                    service.send_signal()
+                else:
+                    service.send_signal(signal.SIGUSR1)  # tests.crashing_service: crash now
+            code, _ = await _exit(service)
+        assert code == (0 if path == "signal" else 1)
+        assert answers[0].status_code == 406
+        assert "4999" in answers[0].json()["error"]
