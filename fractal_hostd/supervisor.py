@@ -39,7 +39,7 @@ from fractal_hostd.containers.lifecycle import ContainerLifecycle
 from fractal_hostd.containers.registry import ContainerRecord, ContainerRegistry
 from fractal_hostd.docker.client import DockerClient
 from fractal_hostd.docker.events import DockerUnreachableFatal, run_event_stream
-from fractal_hostd.ecs_agent import EcsAgentImageMissing, run_ecs_agent
+from fractal_hostd.ecs_agent import EcsAgentError, run_ecs_agent
 from fractal_hostd.heartbeat import Heartbeats
 from fractal_hostd.hoststate import DrainNotice, HostState, InstanceMetadata
 from fractal_hostd.imds import LOCAL_METADATA, ImdsClient, MetadataUnavailable, fetch_metadata
@@ -58,7 +58,7 @@ FATAL_ERRORS: tuple[type[BaseException], ...] = (
     MetadataUnavailable,
     HandshakeFailed,
     DockerUnreachableFatal,
-    EcsAgentImageMissing,
+    EcsAgentError,
 )
 # Local cleanup (unmounts, private dir) comes before the report and has its own bound.
 LOCAL_CLEANUP_TIMEOUT = 5.0
