@@ -16,7 +16,7 @@ from typing import TextIO
 
 import trio
 
-from fractal_hostd.cloud_storage import check_prerequisites as cloud_storage_prerequisites
+from fractal_hostd.cloud_storage_check import check_prerequisites as cloud_storage_prerequisites
 from fractal_hostd.config import Config
 from fractal_hostd.docker.client import DockerClient, DockerError, DockerUnreachable
 
