@@ -104,3 +104,33 @@ def test_check_on_a_ready_host_exits_0(tmp_path: Path, docker_socket: Path) -> N
     assert result.returncode == 0, result.stdout + result.stderr
     assert "OK    docker" in result.stdout
     assert "ready" in result.stdout
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or not Path("/usr/bin/setpriv").exists(),
+    reason="needs root and setpriv to run the service as another user",
+)
+def test_refuses_to_run_as_non_root_outside_localdev() -> None:
+    result = subprocess.run(
+        [
+            "setpriv",
+            "--reuid",
+            "65534",
+            "--regid",
+            "65534",
+            "--clear-groups",
+            sys.executable,
+            "-m",
+            "fractal_hostd",
+            "run",
+        ],
+        env=clean_env(APP_ENV="prod", FRACTAL_WEBSERVER_AUTH_SECRET="not-logged-secret"),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "requires root" in result.stderr
+    assert "not-logged-secret" not in result.stderr
