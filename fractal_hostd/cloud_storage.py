@@ -1,0 +1,325 @@
+"""Cloud storage: a container's Google Drive / Dropbox mounted with rclone over FUSE.
+
+One rclone remote per (container, provider), each in a config file of its own in the private
+`config_dir` (0700; files 0600 from their creation), mounted by `rclone mount --daemon` at
+`$root/cloudStorage/<host_port>/<Google Drive|Dropbox>`. "Mounted" is what the kernel says
+(/proc/self/mountinfo lists a `fuse.rclone` mount there), never only what we remember.
+
+A second request for a mounted (container, provider) rewrites the config file atomically
+instead of mounting again: rclone reloads a config file that changed on disk and, once its
+cached access token expires, rereads the token from it before refreshing (rclone's
+oauthutil.reReadToken), so the mount continues with the new credentials.
+
+Unmounting never removes files recursively under `$root/cloudStorage` (a stale or live FUSE
+mount there is somebody's Drive): only `rmdir` of directories that are empty.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import trio
+
+from fractal_hostd.cloud_storage_check import check_prerequisites
+from fractal_hostd.cloud_storage_layout import Key, Layout
+from fractal_hostd.fuse_unmount import DEFAULT_UNMOUNT_COMMANDS, lazy_unmount
+from fractal_hostd.mountinfo import (
+    PROC_MOUNTINFO,
+    MountEntry,
+    is_mounted,
+    mounts_under,
+    read_mounts,
+)
+from fractal_hostd.rclone_config import (
+    PROVIDERS,
+    Backend,
+    InvalidSetting,
+    MountOptions,
+    OAuthToken,
+    mount_argv,
+    remote_name,
+    render_config,
+    secret_values,
+)
+from fractal_hostd.rclone_mount import (
+    FUSE_RCLONE,
+    mount_answers,
+    run_mount_command,
+    wait_until_mounted,
+)
+from fractal_hostd.secrets import ensure_private_dir, write_private_file
+
+__all__ = [
+    "PROVIDERS",
+    "Backend",
+    "CloudStorage",
+    "MountFailed",
+    "MountOptions",
+    "OAuthToken",
+    "check_prerequisites",
+]
+
+logger = logging.getLogger(__name__)
+
+DRAIN_POLL_INTERVAL = 0.2
+
+# Tests substitute a backend that needs no internet (rclone `local`) for the provider's.
+BackendOverride = Callable[[int, str], Backend]
+
+
+class MountFailed(Exception):
+    """The mount could not be made; the message is safe to log and to answer with."""
+
+
+@dataclass(frozen=True)
+class _Mount:
+    container_id: str
+    mount_point: Path
+    config_path: Path
+
+
+class CloudStorage:
+    def __init__(
+        self,
+        *,
+        root: Path,
+        config_dir: Path,
+        rclone: str = "rclone",
+        options: MountOptions = MountOptions(),  # noqa: B008 (frozen dataclass)
+        mount_timeout: float = 20.0,
+        drain_timeout: float = 10.0,
+        unmount_timeout: float = 5.0,
+        unmount_commands: Sequence[Sequence[str]] = DEFAULT_UNMOUNT_COMMANDS,
+        mountinfo_path: Path = PROC_MOUNTINFO,
+        backend_override: BackendOverride | None = None,
+    ) -> None:
+        self._layout = Layout(base=root / "cloudStorage", config_dir=config_dir)
+        self._rclone = rclone
+        self._options = options
+        self._mount_timeout = mount_timeout
+        self._drain_timeout = drain_timeout
+        self._unmount_timeout = unmount_timeout
+        self._unmount_commands = unmount_commands
+        self._mountinfo_path = mountinfo_path
+        self._backend_override = backend_override
+        self._mounts: dict[Key, _Mount] = {}
+        self._locks: defaultdict[Key, trio.Lock] = defaultdict(trio.Lock)
+
+    def mount_point(self, host_port: int, provider: str) -> Path:
+        return self._layout.mount_point((host_port, provider))
+
+    def mounted_providers(self, host_port: int) -> list[str]:
+        return [provider for provider in PROVIDERS if (host_port, provider) in self._mounts]
+
+    async def mount(
+        self,
+        *,
+        host_port: int,
+        container_id: str,
+        provider: str,
+        token: OAuthToken,
+        client_id: str | None,
+        client_secret: str | None,
+    ) -> Path:
+        """The mount point once the mount is live; MountFailed (message safe to show) otherwise."""
+        if provider not in PROVIDERS:
+            raise MountFailed(f"provider must be one of: {', '.join(PROVIDERS)}")
+        if not 1 <= host_port <= 65535:
+            raise MountFailed("host_port must be between 1 and 65535")
+        backend = (
+            self._backend_override(host_port, provider)
+            if self._backend_override is not None
+            else Backend(PROVIDERS[provider].rclone_type)
+        )
+        remote = remote_name(host_port, provider)
+        try:
+            config_text = render_config(remote, backend, token, client_id, client_secret)
+        except InvalidSetting as exc:
+            raise MountFailed(f"invalid {exc.field_name}: {exc.reason}") from None
+        key = (host_port, provider)
+        secrets = secret_values(token, client_secret)
+        async with self._locks[key]:
+            try:
+                return await self._mount_locked(key, container_id, backend, config_text, secrets)
+            except OSError as exc:  # mountinfo unreadable, config not writable, ...
+                raise MountFailed(f"cloud storage error: {exc.strerror}") from None
+
+    async def _mount_locked(
+        self,
+        key: Key,
+        container_id: str,
+        backend: Backend,
+        config_text: str,
+        secrets: list[str],
+    ) -> Path:
+        host_port, provider = key
+        context = {"host_port": host_port, "provider": provider, "container_id": container_id}
+        mount_point = self._layout.mount_point(key)
+        current = self._mounts.get(key)
+        live = is_mounted(await self._read_mounts(), mount_point, FUSE_RCLONE)
+        if current and current.container_id == container_id and live:
+            if await mount_answers(mount_point):
+                await trio.to_thread.run_sync(write_private_file, current.config_path, config_text)
+                logger.info("cloud storage credentials refreshed", extra=context)
+                return mount_point
+            logger.warning("cloud storage mount is dead; mounting again", extra=context)
+        if current is not None or live:
+            await self._release(key)
+        argv = mount_argv(
+            self._rclone,
+            remote=remote_name(host_port, provider),
+            backend=backend,
+            mount_point=mount_point,
+            config_path=self._layout.config_path(key),
+            cache_dir=self._layout.cache_dir(key),
+            options=self._options,
+        )
+        await self._mount_new(key, argv, config_text, secrets, context)
+        self._mounts[key] = _Mount(container_id, mount_point, self._layout.config_path(key))
+        logger.info("cloud storage mounted", extra={**context, "mount_point": str(mount_point)})
+        return mount_point
+
+    async def unmount_container(self, host_port: int, *, drain: bool = True) -> None:
+        """Unmount (lazily) everything of this host port, remove its files. Never raises.
+
+        With `drain`, first waits (at most `drain_timeout` for the whole port) until rclone
+        has uploaded what the container wrote: a container often dies right after its user
+        saved a file, within the write-back delay, and unmounting would drop that upload.
+        """
+        deadline = trio.current_time() + (self._drain_timeout if drain else 0.0)
+        for provider in PROVIDERS:
+            key = (host_port, provider)
+            try:
+                async with self._locks[key]:
+                    if key in self._mounts:
+                        await self._drain(key, deadline)
+                    await self._release(key)
+            except Exception:
+                logger.exception("cloud storage cleanup failed", extra={"host_port": host_port})
+            self._forget_lock(key)
+        tried = {self.mount_point(host_port, provider) for provider in PROVIDERS}
+        await self._sweep_mounts(self._layout.port_dir(host_port), tried=tried)
+
+    async def unmount_all(self) -> None:
+        """At shutdown: every mount of ours and every leftover. Never raises."""
+        # No draining: the shutdown has a small budget and must unmount every container.
+        for host_port in sorted({host_port for host_port, _ in self._mounts}):
+            await self.unmount_container(host_port, drain=False)
+        await self.remove_leftovers()
+
+    async def remove_leftovers(self) -> None:
+        """At start-up: mounts under $root/cloudStorage (from mountinfo), stale config and
+        cache files, empty mount directories. Never raises."""
+        await self._sweep_mounts(self._layout.base)
+        try:
+            await trio.to_thread.run_sync(self._layout.remove_stale_files, set(self._mounts))
+        except Exception:
+            logger.exception("could not remove stale cloud-storage files")
+
+    # --- internals -------------------------------------------------------------------------
+
+    async def _read_mounts(self) -> list[MountEntry]:
+        return await read_mounts(self._mountinfo_path)
+
+    async def _mount_new(
+        self,
+        key: Key,
+        argv: list[str],
+        config_text: str,
+        secrets: list[str],
+        context: dict[str, object],
+    ) -> None:
+        stage = "rclone mount did not finish"
+        try:
+            with trio.move_on_after(self._mount_timeout) as scope:
+                error = await trio.to_thread.run_sync(self._prepare, key, config_text)
+                if error is None:
+                    error = await run_mount_command(argv, secrets)
+                if error is None:
+                    stage = "rclone reported success but no mount appeared"
+                    await wait_until_mounted(self._mountinfo_path, self._layout.mount_point(key))
+            if scope.cancelled_caught:
+                error = f"{stage} within {self._mount_timeout:g} s"
+        except BaseException:
+            await self._clean_up_after_failure(key)
+            raise
+        if error is not None:
+            await self._clean_up_after_failure(key)
+            logger.warning("cloud storage mount failed: %s", error, extra=context)
+            raise MountFailed(error)
+
+    async def _clean_up_after_failure(self, key: Key) -> None:
+        """Shielded and bounded: also runs when the request was cancelled. Never raises, so
+        the original failure or Cancelled is what propagates."""
+        with trio.move_on_after(self._unmount_timeout, shield=True):
+            try:
+                await self._release(key)
+            except Exception:
+                logger.exception("cleanup after a failed mount failed")
+
+    def _prepare(self, key: Key, config_text: str) -> str | None:
+        try:
+            ensure_private_dir(self._layout.config_dir)
+            write_private_file(self._layout.config_path(key), config_text)
+            self._layout.mount_point(key).mkdir(mode=0o755, parents=True, exist_ok=True)
+        except OSError as exc:
+            return f"cannot prepare the mount: {exc.strerror} ({exc.filename})"
+        return None
+
+    async def _drain(self, key: Key, deadline: float) -> None:
+        context = {"host_port": key[0], "provider": key[1]}
+        pending = await trio.to_thread.run_sync(self._layout.pending_uploads, key)
+        if pending == 0:
+            return
+        live = is_mounted(await self._read_mounts(), self._layout.mount_point(key), FUSE_RCLONE)
+        if live and trio.current_time() < deadline:  # no rclone, no upload: do not wait
+            logger.info(
+                "waiting for %d pending upload(s) before unmounting", pending, extra=context
+            )
+            with trio.move_on_at(deadline):
+                while pending:  # rclone's cache metadata announces no changes: look again
+                    await trio.sleep(DRAIN_POLL_INTERVAL)
+                    pending = await trio.to_thread.run_sync(self._layout.pending_uploads, key)
+                logger.info("pending uploads finished", extra=context)
+                return
+        logger.warning("unmounting with %d upload(s) still pending", pending, extra=context)
+
+    async def _release(self, key: Key) -> None:
+        """Unmount what is at this key's mount point, remove its files and empty dirs."""
+        mount_point = self._layout.mount_point(key)
+        known = self._mounts.pop(key, None)
+        if is_mounted(await self._read_mounts(), mount_point) and await lazy_unmount(
+            mount_point, self._unmount_commands, per_command_limit=self._unmount_timeout
+        ):
+            container_id = known.container_id if known else None
+            logger.info(
+                "cloud storage unmounted",
+                extra={"host_port": key[0], "provider": key[1], "container_id": container_id},
+            )
+        await trio.to_thread.run_sync(self._layout.remove_key_files, key)
+
+    async def _sweep_mounts(self, directory: Path, tried: set[Path] | None = None) -> None:
+        """Unmount every mount below `directory` that is neither one of ours nor already
+        `tried`, then remove the empty directories."""
+        try:
+            ours = {mount.mount_point for mount in self._mounts.values()}
+            for entry in mounts_under(await self._read_mounts(), directory):
+                if entry.mount_point not in ours | (tried or set()):
+                    logger.info("unmounting leftover %s", entry.mount_point)
+                    await lazy_unmount(
+                        entry.mount_point,
+                        self._unmount_commands,
+                        per_command_limit=self._unmount_timeout,
+                    )
+            await trio.to_thread.run_sync(self._layout.remove_empty_dirs, directory, ours)
+        except Exception:
+            logger.exception("cloud storage sweep of %s failed", directory)
+
+    def _forget_lock(self, key: Key) -> None:
+        lock = self._locks.get(key)
+        if lock is not None and not lock.locked() and lock.statistics().tasks_waiting == 0:
+            del self._locks[key]

@@ -1,0 +1,544 @@
+"""CloudStorage against recording fakes of rclone and the unmount tools (no FUSE needed).
+
+Rules: the fakes are real executables (tests/fakes/fake_rclone.py) that record their argv,
+environment and the config file they were given; "mounted" is a line in a fake mountinfo
+file, exactly what the service reads from /proc/self/mountinfo in production. Every test
+runs under an absolute `trio.fail_after`; none asserts wall-clock speed. No log record of any
+test may contain a token or the client secret.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import trio
+
+from fractal_hostd.cloud_storage import CloudStorage, MountFailed, OAuthToken
+from tests.cloud_storage_fixtures import (
+    ACCESS_TOKEN,
+    CLIENT_ID,
+    CLIENT_SECRET,
+    CONTAINER_ID,
+    OTHER_CONTAINER_ID,
+    REFRESH_TOKEN,
+    TOKEN,
+    FakeTools,
+    assert_no_secret,
+)
+
+PORT = 32768
+LIMIT = 20  # absolute bound of every test
+
+
+@pytest.fixture(autouse=True)
+def no_secret_in_logs(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
+    caplog.set_level(logging.DEBUG)
+    yield
+    for record in caplog.records:
+        assert_no_secret(record.getMessage(), repr(record.__dict__))
+
+
+@pytest.fixture
+def tools(tmp_path: Path) -> FakeTools:
+    return FakeTools(tmp_path / "tools")
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    return tmp_path / "fractal"
+
+
+@pytest.fixture
+def config_dir(tmp_path: Path) -> Path:
+    return tmp_path / "private" / "rclone"
+
+
+@pytest.fixture
+def storage(tools: FakeTools, root: Path, config_dir: Path) -> CloudStorage:
+    return tools.storage(root, config_dir)
+
+
+async def mount(
+    storage: CloudStorage,
+    provider: str = "google_drive",
+    *,
+    host_port: int = PORT,
+    container_id: str = CONTAINER_ID,
+    token: OAuthToken = TOKEN,
+    client_id: str | None = CLIENT_ID,
+    client_secret: str | None = CLIENT_SECRET,
+) -> Path:
+    with trio.fail_after(LIMIT):
+        return await storage.mount(
+            host_port=host_port,
+            container_id=container_id,
+            provider=provider,
+            token=token,
+            client_id=client_id,
+            client_secret=client_secret,
+        )
+
+
+def config_values(text: str) -> dict[str, str]:
+    """Our writer quotes every value with backticks (see rclone_config.ini_value)."""
+    values = {}
+    for line in text.splitlines()[1:]:
+        key, _, value = line.partition(" = ")
+        values[key] = value.removeprefix("`").removesuffix("`")
+    return values
+
+
+def files_under(directory: Path) -> list[str]:
+    return sorted(str(p.relative_to(directory)) for p in directory.rglob("*") if not p.is_dir())
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+async def test_mount_gives_rclone_a_private_config_and_no_secret_on_its_command_line(
+    storage: CloudStorage, tools: FakeTools, root: Path, config_dir: Path
+) -> None:
+    mount_point = await mount(storage)
+
+    assert mount_point == root / "cloudStorage" / str(PORT) / "Google Drive"
+    [call] = tools.calls("rclone")
+    config_path = config_dir / f"{PORT}-google_drive.conf"
+    assert call["argv"] == [
+        "mount",
+        f"google_drive-{PORT}:",
+        str(mount_point),
+        "--config",
+        str(config_path),
+        "--cache-dir",
+        str(config_dir / "cache" / f"{PORT}-google_drive"),
+        "--daemon",
+        "--daemon-wait",
+        "5000ms",
+        "--allow-other",
+        "--default-permissions",
+        "--uid",
+        "1000",
+        "--gid",
+        "1000",
+        "--umask",
+        "0007",
+        "--vfs-cache-mode",
+        "writes",
+        "--vfs-write-back",
+        "1000ms",
+        "--ask-password=false",
+    ]
+    assert_no_secret(*call["argv"], *call["env"].values())
+    assert call["config"]["mode"] == 0o600
+    text = call["config"]["text"]
+    assert text.splitlines()[0] == f"[google_drive-{PORT}]"
+    values = config_values(text)
+    assert values["type"] == "drive"
+    assert values["client_id"] == CLIENT_ID
+    assert values["client_secret"] == CLIENT_SECRET
+    assert json.loads(values["token"]) == {
+        "access_token": ACCESS_TOKEN,
+        "token_type": "Bearer",
+        "refresh_token": REFRESH_TOKEN,
+        "expiry": "2099-01-01T00:00:00+00:00",
+    }
+    assert mode(config_dir) == 0o700
+    assert mode(config_path) == 0o600
+    assert storage.mounted_providers(PORT) == ["google_drive"]
+
+
+async def test_dropbox_mounts_the_dropbox_backend_at_its_folder(
+    storage: CloudStorage, tools: FakeTools, root: Path
+) -> None:
+    mount_point = await mount(storage, "dropbox", client_id=None, client_secret=None)
+
+    assert mount_point == root / "cloudStorage" / str(PORT) / "Dropbox"
+    [call] = tools.calls("rclone")
+    assert call["argv"][1] == f"dropbox-{PORT}:"
+    values = config_values(call["config"]["text"])
+    assert values["type"] == "dropbox"
+    assert "client_id" not in values
+    assert "client_secret" not in values
+    assert storage.mounted_providers(PORT) == ["dropbox"]
+
+
+async def test_second_request_rewrites_credentials_without_mounting_again(
+    storage: CloudStorage, tools: FakeTools, config_dir: Path
+) -> None:
+    first = await mount(storage)
+    config_path = config_dir / f"{PORT}-google_drive.conf"
+    inode = config_path.stat().st_ino
+    fresh = OAuthToken("ya29.FRESH-access", "1//FRESH-refresh", "2099-06-01T00:00:00Z", "Bearer")
+
+    second = await mount(storage, token=fresh)
+
+    assert second == first
+    assert len(tools.calls("rclone")) == 1
+    token = json.loads(config_values(config_path.read_text())["token"])
+    assert token["access_token"] == "ya29.FRESH-access"
+    assert token["refresh_token"] == "1//FRESH-refresh"
+    # Replaced by rename (rclone never reads half a file), still private.
+    assert config_path.stat().st_ino != inode
+    assert mode(config_path) == 0o600
+    assert tools.calls("fusermount3") == []
+
+
+async def test_new_container_on_the_same_port_gets_a_fresh_mount(
+    storage: CloudStorage, tools: FakeTools
+) -> None:
+    mount_point = await mount(storage)
+    await mount(storage, container_id=OTHER_CONTAINER_ID)
+
+    assert [c["argv"] for c in tools.calls("fusermount3")] == [["-u", "-z", str(mount_point)]]
+    assert len(tools.calls("rclone")) == 2
+    assert tools.mounted().count(str(mount_point).replace(" ", "\\040")) == 1
+
+
+async def test_a_vanished_mount_is_mounted_again(storage: CloudStorage, tools: FakeTools) -> None:
+    mount_point = await mount(storage)
+    tools.mountinfo.write_text(tools.mounted().replace("fuse.rclone google_drive", "gone"))
+    assert str(mount_point).replace(" ", "\\040") in tools.mounted()
+
+    await mount(storage)
+
+    assert len(tools.calls("rclone")) == 2
+
+
+async def test_rclone_error_is_reported_without_secrets_and_cleaned_up(
+    storage: CloudStorage, tools: FakeTools, root: Path, config_dir: Path
+) -> None:
+    tools.behave(
+        "rclone",
+        exit=1,
+        stderr=f"2026/01/01 10:00:00 Failed to create file system: token {ACCESS_TOKEN} "
+        f"secret {CLIENT_SECRET} refresh {REFRESH_TOKEN}\n",
+    )
+    with pytest.raises(MountFailed) as failure:
+        await mount(storage)
+
+    message = str(failure.value)
+    assert message.startswith("rclone mount failed (exit 1): Failed to create file system")
+    assert "[redacted]" in message
+    assert_no_secret(message)
+    assert not (config_dir / f"{PORT}-google_drive.conf").exists()
+    assert not (root / "cloudStorage" / str(PORT)).exists()
+    assert storage.mounted_providers(PORT) == []
+
+
+async def test_rclone_that_never_returns_is_bounded(
+    tools: FakeTools, root: Path, config_dir: Path
+) -> None:
+    tools.behave("rclone", sleep=30)
+    storage = tools.storage(root, config_dir, mount_timeout=0.5)
+
+    with pytest.raises(MountFailed, match=r"did not finish within 0.5 s"):
+        await mount(storage)
+
+    assert not (config_dir / f"{PORT}-google_drive.conf").exists()
+    assert not (root / "cloudStorage" / str(PORT)).exists()
+
+
+async def test_success_without_a_mount_is_a_failure(
+    tools: FakeTools, root: Path, config_dir: Path
+) -> None:
+    tools.behave("rclone", mount=False)
+    storage = tools.storage(root, config_dir, mount_timeout=0.5)
+
+    with pytest.raises(MountFailed, match=r"no mount appeared within 0.5 s"):
+        await mount(storage)
+
+    assert storage.mounted_providers(PORT) == []
+
+
+async def test_missing_rclone_is_a_mount_failure(root: Path, config_dir: Path) -> None:
+    storage = CloudStorage(root=root, config_dir=config_dir, rclone="/nonexistent/rclone")
+
+    with pytest.raises(MountFailed, match=r"cannot run /nonexistent/rclone"):
+        await mount(storage)
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"client_secret": "line\nbreak"}, "client_secret"),
+        ({"client_id": "x%(type)s"}, "client_id"),
+        ({"token": OAuthToken("a\nb", REFRESH_TOKEN, "", "Bearer")}, "access_token"),
+        ({"token": OAuthToken(ACCESS_TOKEN, "r\r", "", "Bearer")}, "refresh_token"),
+        ({"token": OAuthToken(ACCESS_TOKEN, REFRESH_TOKEN, "tomorrow", "Bearer")}, "expiry"),
+        ({"provider": "onedrive"}, "provider"),
+        ({"host_port": 0}, "host_port"),
+    ],
+)
+async def test_invalid_values_are_refused_before_rclone_runs(
+    storage: CloudStorage, tools: FakeTools, change: dict[str, object], field: str
+) -> None:
+    with pytest.raises(MountFailed, match=field) as failure:
+        await mount(storage, **change)  # type: ignore[arg-type]
+
+    assert_no_secret(str(failure.value))
+    assert tools.calls() == []
+
+
+async def test_concurrent_requests_for_one_mount_run_rclone_once(
+    storage: CloudStorage, tools: FakeTools
+) -> None:
+    tools.behave("rclone", sleep=0.3)
+    results: list[Path] = []
+
+    async def request() -> None:
+        results.append(await mount(storage))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(request)
+        nursery.start_soon(request)
+
+    assert len(tools.calls("rclone")) == 1
+    assert results[0] == results[1]
+
+
+async def test_cancelled_mount_leaves_nothing_behind(
+    tools: FakeTools, root: Path, config_dir: Path
+) -> None:
+    tools.behave("rclone", sleep=30)
+    storage = tools.storage(root, config_dir)
+
+    with trio.move_on_after(0.5):
+        await mount(storage)
+
+    assert not (config_dir / f"{PORT}-google_drive.conf").exists()
+    assert not (root / "cloudStorage" / str(PORT)).exists()
+    assert storage.mounted_providers(PORT) == []
+
+
+async def test_service_rclone_variables_do_not_reach_rclone(
+    storage: CloudStorage, tools: FakeTools, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RCLONE_CONFIG", "/etc/elsewhere.conf")
+    await mount(storage)
+
+    [call] = tools.calls("rclone")
+    assert "RCLONE_CONFIG" not in call["env"]
+
+
+async def test_unmount_container_unmounts_lazily_and_removes_files_and_dirs(
+    storage: CloudStorage, tools: FakeTools, root: Path, config_dir: Path
+) -> None:
+    drive = await mount(storage)
+    dropbox = await mount(storage, "dropbox")
+
+    with trio.fail_after(LIMIT):
+        await storage.unmount_container(PORT)
+
+    assert [c["argv"] for c in tools.calls("fusermount3")] == [
+        ["-u", "-z", str(drive)],
+        ["-u", "-z", str(dropbox)],
+    ]
+    assert "fuse.rclone google_drive" not in tools.mounted()
+    assert "fuse.rclone dropbox" not in tools.mounted()
+    assert not (root / "cloudStorage" / str(PORT)).exists()
+    assert files_under(config_dir) == []
+    assert storage.mounted_providers(PORT) == []
+
+    with trio.fail_after(LIMIT):
+        await storage.unmount_container(PORT)  # idempotent: nothing left to do
+    assert len(tools.calls("fusermount3")) == 2
+
+
+async def test_unmount_falls_back_to_fusermount_then_umount(
+    storage: CloudStorage, tools: FakeTools
+) -> None:
+    mount_point = await mount(storage)
+    tools.behave("fusermount3", exit=1, stderr="fusermount3: failed\n")
+    tools.behave("fusermount", exit=1, stderr="fusermount: failed\n")
+
+    with trio.fail_after(LIMIT):
+        await storage.unmount_container(PORT)
+
+    assert [c["argv"] for c in tools.calls("umount")] == [["-l", str(mount_point)]]
+    assert "fuse.rclone google_drive" not in tools.mounted()
+
+
+async def test_unmount_failure_is_logged_not_raised(
+    storage: CloudStorage, tools: FakeTools, caplog: pytest.LogCaptureFixture
+) -> None:
+    await mount(storage)
+    for role in ("fusermount3", "fusermount", "umount"):
+        tools.behave(role, exit=1, stderr=f"{role}: device busy\n")
+
+    with trio.fail_after(LIMIT):
+        await storage.unmount_container(PORT)
+
+    [error] = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert "could not unmount" in error.getMessage()
+    assert "umount: device busy" in error.getMessage()
+
+
+async def test_missing_unmount_tools_fall_through(
+    tools: FakeTools, root: Path, config_dir: Path
+) -> None:
+    storage = tools.storage(
+        root,
+        config_dir,
+        unmount_commands=[["/nonexistent/fusermount3", "-u", "-z"], [tools.path("umount"), "-l"]],
+    )
+    await mount(storage)
+
+    with trio.fail_after(LIMIT):
+        await storage.unmount_container(PORT)
+
+    assert len(tools.calls("umount")) == 1
+    assert "fuse.rclone google_drive" not in tools.mounted()
+
+
+async def test_remove_leftovers_cleans_only_our_area(
+    storage: CloudStorage, tools: FakeTools, root: Path, config_dir: Path
+) -> None:
+    base = root / "cloudStorage"
+    leftover = base / "40000" / "Dropbox"
+    leftover.mkdir(parents=True)
+    tools.add_mount(leftover)
+    (base / "40001" / "Google Drive").mkdir(parents=True)  # empty: removed
+    kept = base / "40002" / "Google Drive"
+    kept.mkdir(parents=True)
+    (kept / "user-file").write_text("not ours to delete")
+    config_dir.mkdir(parents=True)
+    for name in ("40000-dropbox.conf", "40000-dropbox.conf123456", ".40000-dropbox.conf.tmp"):
+        (config_dir / name).write_text("[stale]\n")
+    (config_dir / "cache" / "40000-dropbox" / "vfs").mkdir(parents=True)
+
+    with trio.fail_after(LIMIT):
+        await storage.remove_leftovers()
+
+    assert [c["argv"] for c in tools.calls("fusermount3")] == [["-u", "-z", str(leftover)]]
+    assert "/media/other" in tools.mounted()  # not under our root: untouched
+    assert sorted(p.name for p in base.iterdir()) == ["40002"]
+    assert (kept / "user-file").exists()
+    assert files_under(config_dir) == []
+    assert not (config_dir / "cache" / "40000-dropbox").exists()
+
+    with trio.fail_after(LIMIT):
+        await storage.remove_leftovers()  # idempotent
+    assert len(tools.calls("fusermount3")) == 1
+
+
+async def test_remove_leftovers_without_any_directories_is_quiet(
+    storage: CloudStorage, tools: FakeTools
+) -> None:
+    with trio.fail_after(LIMIT):
+        await storage.remove_leftovers()
+        await storage.unmount_all()
+    assert tools.calls() == []
+
+
+async def test_unmount_all_unmounts_every_container(
+    storage: CloudStorage, tools: FakeTools, root: Path, config_dir: Path
+) -> None:
+    await mount(storage, host_port=32768)
+    await mount(storage, "dropbox", host_port=32769)
+
+    with trio.fail_after(LIMIT):
+        await storage.unmount_all()
+
+    assert len(tools.calls("fusermount3")) == 2
+    assert "fuse.rclone" not in tools.mounted().replace(
+        "/media/other\\040fuse rw - fuse.rclone", ""
+    )
+    assert list((root / "cloudStorage").iterdir()) == []
+    assert storage.mounted_providers(32768) == storage.mounted_providers(32769) == []
+    assert files_under(config_dir) == []
+
+
+def mark_upload_pending(
+    config_dir: Path, provider: str, dirty: bool = True, content: str | None = None
+) -> Path:
+    """What rclone's VFS cache keeps for a written, not yet uploaded file."""
+    meta = config_dir / "cache" / f"{PORT}-{provider}" / "vfsMeta" / f"{provider}-{PORT}" / "doc"
+    meta.parent.mkdir(parents=True, exist_ok=True)
+    meta.write_text(json.dumps({"Size": 3, "Dirty": dirty}) if content is None else content)
+    return meta
+
+
+@pytest.mark.parametrize(
+    "metadata",
+    [None, "", '{"ModTime": "2026-'],
+    ids=["dirty", "being-written-empty", "being-written-half"],
+)
+async def test_unmount_waits_for_pending_uploads(
+    tools: FakeTools,
+    root: Path,
+    config_dir: Path,
+    caplog: pytest.LogCaptureFixture,
+    metadata: str | None,
+) -> None:
+    storage = tools.storage(root, config_dir, drain_timeout=10.0)
+    await mount(storage)
+    meta = mark_upload_pending(config_dir, "google_drive", content=metadata)
+
+    async def upload_finishes() -> None:
+        await trio.sleep(0.3)
+        assert tools.calls("fusermount3") == []  # still waiting
+        mark_upload_pending(config_dir, "google_drive", dirty=False)
+
+    with trio.fail_after(LIMIT):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(upload_finishes)
+            await storage.unmount_container(PORT)
+
+    assert len(tools.calls("fusermount3")) == 1
+    assert not meta.exists()
+    messages = [r.getMessage() for r in caplog.records]
+    assert "waiting for 1 pending upload(s) before unmounting" in messages
+    assert "pending uploads finished" in messages
+
+
+async def test_unmount_gives_up_waiting_for_uploads_after_the_drain_timeout(
+    tools: FakeTools, root: Path, config_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    storage = tools.storage(root, config_dir, drain_timeout=0.3)
+    await mount(storage)
+    await mount(storage, "dropbox")
+    mark_upload_pending(config_dir, "google_drive")
+    mark_upload_pending(config_dir, "dropbox")
+
+    with trio.fail_after(LIMIT):
+        await storage.unmount_container(PORT)
+
+    assert len(tools.calls("fusermount3")) == 2
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings == ["unmounting with 1 upload(s) still pending"] * 2
+
+
+async def test_unmount_all_does_not_wait_for_uploads_but_says_what_is_lost(
+    tools: FakeTools, root: Path, config_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    storage = tools.storage(root, config_dir, drain_timeout=60.0)
+    await mount(storage)
+    mark_upload_pending(config_dir, "google_drive")
+
+    with trio.fail_after(LIMIT):
+        await storage.unmount_all()
+
+    assert len(tools.calls("fusermount3")) == 1
+    pending = [r.getMessage() for r in caplog.records if "pending" in r.getMessage()]
+    assert pending == ["unmounting with 1 upload(s) still pending"]
+
+
+async def test_unmount_does_not_wait_for_uploads_of_a_mount_that_is_gone(
+    tools: FakeTools, root: Path, config_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    storage = tools.storage(root, config_dir, drain_timeout=60.0)
+    await mount(storage)
+    mark_upload_pending(config_dir, "google_drive")
+    tools.mountinfo.write_text(tools.mounted().replace("fuse.rclone google_drive", "gone"))
+
+    with trio.fail_after(LIMIT):
+        await storage.unmount_container(PORT)
+
+    pending = [r.getMessage() for r in caplog.records if "pending" in r.getMessage()]
+    assert pending == ["unmounting with 1 upload(s) still pending"]
