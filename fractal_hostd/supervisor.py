@@ -109,6 +109,7 @@ class Service:
         )
         self._api_stop = trio.Event()
         self._signal_cause: ShutdownCause | None = None
+        self._children: trio.Nursery | None = None
         self._started_at = time.monotonic()
 
     async def run(self) -> int:
@@ -162,6 +163,7 @@ class Service:
             async with trio.open_nursery() as outer:
                 try:
                     async with trio.open_nursery() as inner:
+                        self._children = inner
                         inner.start_soon(self._watch_signals, signals, inner.cancel_scope)
                         await self._start_up(outer, inner, docker, imds, webserver)
                 except BaseException as exc:
@@ -316,7 +318,11 @@ class Service:
         return on_drain
 
     async def _on_gone(self, record: ContainerRecord) -> None:
-        await self.cloud_storage.unmount_container(record.host_port)
+        if self._children is None or not self.cloud_storage.mounted_providers(record.host_port):
+            return
+        # Unmounting waits (bounded) for the container's last uploads: never hold the Docker
+        # event stream for that. If shutdown cancels it, unmount_all finishes the job.
+        self._children.start_soon(self.cloud_storage.unmount_container, record.host_port)
 
     async def _clean_up_locally(self) -> None:
         """Contract §7 step 2: unmount cloud storage, remove the private directory.
