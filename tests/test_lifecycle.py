@@ -1,0 +1,437 @@
+"""ContainerLifecycle: start, die, start values, adoption (contract §8), reconcile, and the
+interleavings trio allows between the Docker event stream and API requests.
+
+Rules: everything on a tmp dir; no sleeps on the real clock; fail_after around waits.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from pathlib import Path
+
+import pytest
+import trio
+import trio.testing
+
+from fractal_hostd.containers import (
+    ContainerInfo,
+    ContainerLifecycle,
+    ContainerRecord,
+    ContainerRegistry,
+    ContainerUnknown,
+    GoneHook,
+)
+from fractal_hostd.containers.mapping import MappingDir
+from tests.containers_fixtures import cid, dir_files, running
+
+LIFECYCLE_LOGGER = "fractal_hostd.containers.lifecycle"
+
+
+class Host:
+    """One service incarnation on a mappings directory; `restart()` makes the next one."""
+
+    def __init__(self, root: Path, hook: GoneHook | None = None) -> None:
+        self.root = root
+        self.gone: list[str] = []
+        self.hook = hook
+        self.registry = ContainerRegistry()
+        self.lifecycle = ContainerLifecycle(
+            mappings_dir=root, registry=self.registry, on_gone=self._on_gone
+        )
+
+    async def _on_gone(self, record: ContainerRecord) -> None:
+        self.gone.append(record.id)
+        if self.hook is not None:
+            await self.hook(record)
+
+    def restart(self) -> Host:
+        return Host(self.root)
+
+    def files(self, n: int) -> dict[str, str]:
+        return dir_files(self.root / cid(n))
+
+    def ttys(self) -> dict[str, int | None]:
+        return {r.id: r.tty for r in self.registry.records()}
+
+
+@pytest.fixture
+def host(tmp_path: Path) -> Host:
+    return Host(tmp_path / "containerResourceMappings")
+
+
+async def test_running_writes_port_and_tty(host: Host) -> None:
+    await host.lifecycle.on_running(running(1, 40001))
+    assert host.files(1) == {"hostPort_for_my_32262_tcp": "40001", "tty": "10"}
+    record = host.registry.by_host_port(40001)
+    assert record == ContainerRecord(id=cid(1), host_port=40001, tty=10)
+    await host.lifecycle.on_running(running(2, 40002))
+    assert host.files(2)["tty"] == "11"
+
+
+async def test_second_start_does_nothing(host: Host) -> None:
+    await host.lifecycle.on_running(running(1, 40001))
+    await host.lifecycle.set_start_values(40001, dpi=96)
+    before = host.files(1)
+    await host.lifecycle.on_running(running(1, 40001))
+    assert host.files(1) == before
+    assert host.registry.free_ttys == 53
+
+
+async def test_unmanaged_and_bad_ids_are_ignored(host: Host) -> None:
+    await host.lifecycle.on_running(ContainerInfo(cid(1), None, True))
+    await host.lifecycle.on_running(ContainerInfo("", 40001, True))
+    await host.lifecycle.on_gone("../..")
+    assert host.registry.records() == []
+    assert not host.root.exists()
+
+
+async def test_start_seen_not_running_is_gone(host: Host) -> None:
+    await host.lifecycle.on_running(running(1, 40001))
+    await host.lifecycle.on_running(ContainerInfo(cid(1), 40001, running=False))
+    assert host.registry.records() == []
+    assert host.gone == [cid(1)]
+    # A "-p 32262" container that stopped no longer shows its port: gone all the same.
+    await host.lifecycle.on_running(running(2, 40002))
+    await host.lifecycle.on_running(ContainerInfo(cid(2), None, running=False))
+    assert host.gone == [cid(1), cid(2)]
+    assert not (host.root / cid(2)).exists()
+
+
+async def test_gone_unmounts_removes_dir_frees_tty_once(host: Host) -> None:
+    await host.lifecycle.on_running(running(1, 40001))
+    await host.lifecycle.on_gone(cid(1))
+    await host.lifecycle.on_gone(cid(1))  # destroy after die
+    assert host.gone == [cid(1)]
+    assert not (host.root / cid(1)).exists()
+    assert host.registry.free_ttys == 54
+    await host.lifecycle.on_running(running(2, 40002))
+    assert host.files(2)["tty"] == "10"
+
+
+async def test_die_for_unknown_id_is_a_no_op(host: Host) -> None:
+    await host.lifecycle.on_gone(cid(7))
+    assert host.gone == []
+
+
+async def test_hook_failure_is_logged_and_cleanup_still_happens(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def broken(record: ContainerRecord) -> None:
+        raise RuntimeError("rclone exploded")
+
+    host = Host(tmp_path, hook=broken)
+    await host.lifecycle.on_running(running(1, 40001))
+    with caplog.at_level(logging.ERROR, LIFECYCLE_LOGGER):
+        await host.lifecycle.on_gone(cid(1))
+    assert "on_gone hook failed" in caplog.text
+    assert not (tmp_path / cid(1)).exists()
+    assert host.registry.free_ttys == 54
+
+
+async def test_cancelled_during_hook_still_cleans_up(
+    tmp_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    async def slow(record: ContainerRecord) -> None:
+        await trio.sleep_forever()
+
+    host = Host(tmp_path, hook=slow)
+    await host.lifecycle.on_running(running(1, 40001))
+    with trio.move_on_after(5):
+        await host.lifecycle.on_gone(cid(1))
+    assert not (tmp_path / cid(1)).exists()
+    assert host.registry.free_ttys == 54
+    assert host.registry.records() == []
+
+
+async def test_start_values_are_written_then_ready(host: Host) -> None:
+    await host.lifecycle.on_running(running(1, 40001))
+    record = await host.lifecycle.set_start_values(40001, dpi=96, container_arn="arn:a")
+    assert (record.dpi, record.container_arn, record.ready) == (96, "arn:a", True)
+    assert host.files(1) == {
+        ".ready": ".ready",
+        "ContainerARN": "arn:a",
+        "DPI": "96",
+        "hostPort_for_my_32262_tcp": "40001",
+        "tty": "10",
+    }
+    await host.lifecycle.set_start_values(40001, dpi=144)  # set_container_dpi: last value wins
+    assert host.files(1)["DPI"] == "144"
+    assert host.files(1)["ContainerARN"] == "arn:a"
+
+
+async def test_empty_arn_counts_as_none(host: Host) -> None:
+    await host.lifecycle.on_running(running(1, 40001))
+    await host.lifecycle.set_start_values(40001, dpi=96, container_arn="arn:a")
+    record = await host.lifecycle.set_start_values(40001, dpi=96, container_arn="")
+    assert record.container_arn == "arn:a"
+    assert host.files(1)["ContainerARN"] == "arn:a"
+
+
+async def test_start_values_for_unknown_or_dead_port(host: Host) -> None:
+    with pytest.raises(ContainerUnknown) as info:
+        await host.lifecycle.set_start_values(40001, dpi=96)
+    assert info.value.host_port == 40001
+    await host.lifecycle.on_running(running(1, 40001))
+    await host.lifecycle.on_gone(cid(1))
+    with pytest.raises(ContainerUnknown):
+        await host.lifecycle.set_start_values(40001, dpi=96)
+    assert not (host.root / cid(1)).exists()
+
+
+@pytest.mark.parametrize(("dpi", "arn"), [(0, None), (10_001, None), (96, "a\nb"), (96, "\x00")])
+async def test_bad_start_values_are_refused(host: Host, dpi: int, arn: str | None) -> None:
+    await host.lifecycle.on_running(running(1, 40001))
+    with pytest.raises(ValueError):  # noqa: PT011 - the message is for the API's 400
+        await host.lifecycle.set_start_values(40001, dpi=dpi, container_arn=arn)
+    assert "DPI" not in host.files(1)
+
+
+async def test_exhaustion_leaves_container_unassigned_and_reports(
+    host: Host, caplog: pytest.LogCaptureFixture
+) -> None:
+    for n in range(54):
+        await host.lifecycle.on_running(running(n, 40000 + n))
+    with caplog.at_level(logging.ERROR, LIFECYCLE_LOGGER):
+        await host.lifecycle.on_running(running(100, 41000))
+        await host.lifecycle.on_running(running(101, 41001))
+    assert [r.message for r in caplog.records].count("no free TTY: container left without one") == 2
+    assert host.files(100) == {"hostPort_for_my_32262_tcp": "41000"}
+    # The ready one keeps going without a TTY; the next freed TTY goes to the waiting one.
+    await host.lifecycle.set_start_values(41000, dpi=96)
+    await host.lifecycle.on_gone(cid(5))
+    assert host.ttys()[cid(100)] is None
+    assert host.ttys()[cid(101)] == 15
+    assert host.files(101)["tty"] == "15"
+    assert "tty" not in host.files(100)
+
+
+async def test_api_waiter_finds_files_on_disk_when_it_wakes(host: Host) -> None:
+    seen: list[dict[str, str]] = []
+
+    async def api() -> None:
+        record = await host.registry.wait_for_host_port(40001)
+        seen.append(dir_files(host.root / record.id))
+
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(api)
+            await trio.testing.wait_all_tasks_blocked()
+            await host.lifecycle.on_running(running(1, 40001))
+    assert seen == [{"hostPort_for_my_32262_tcp": "40001", "tty": "10"}]
+
+
+async def test_die_while_start_values_wait_leaves_no_directory(tmp_path: Path) -> None:
+    """An API write arriving while the container's die runs the unmount hook must give up
+    (406) rather than recreate the directory."""
+    unmounting = trio.Event()
+    finish_unmount = trio.Event()
+
+    async def hook(record: ContainerRecord) -> None:
+        unmounting.set()
+        await finish_unmount.wait()
+
+    host = Host(tmp_path, hook=hook)
+    await host.lifecycle.on_running(running(1, 40001))
+    outcome: list[BaseException | ContainerRecord] = []
+
+    async def api_write() -> None:
+        try:
+            outcome.append(await host.lifecycle.set_start_values(40001, dpi=96))
+        except ContainerUnknown as exc:
+            outcome.append(exc)
+
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(host.lifecycle.on_gone, cid(1))
+            await unmounting.wait()
+            nursery.start_soon(api_write)
+            await trio.testing.wait_all_tasks_blocked()
+            finish_unmount.set()
+    assert len(outcome) == 1
+    assert isinstance(outcome[0], ContainerUnknown)
+    assert not (tmp_path / cid(1)).exists()
+
+
+async def test_write_racing_a_die_never_leaves_a_directory(tmp_path: Path) -> None:
+    """API write and die started together, in both orders: either the write wins and the die
+    removes everything after it, or the write (after waiting for the die to finish with the
+    container) sees it gone."""
+    for api_first in (True, False):
+        host = Host(tmp_path / str(api_first))
+        await host.lifecycle.on_running(running(1, 40001))
+
+        async def api(host: Host = host) -> None:
+            with contextlib.suppress(ContainerUnknown):
+                await host.lifecycle.set_start_values(40001, dpi=96)
+
+        async def die(host: Host = host) -> None:
+            await host.lifecycle.on_gone(cid(1))
+
+        with trio.fail_after(5):
+            async with trio.open_nursery() as nursery:
+                for task in (api, die) if api_first else (die, api):
+                    nursery.start_soon(task)
+        assert not (host.root / cid(1)).exists()
+        assert host.registry.free_ttys == 54
+
+
+async def test_quick_restart_of_same_id_waits_for_old_cleanup(tmp_path: Path) -> None:
+    finish_unmount = trio.Event()
+
+    async def hook(record: ContainerRecord) -> None:
+        await finish_unmount.wait()
+
+    host = Host(tmp_path, hook=hook)
+    await host.lifecycle.on_running(running(1, 40001))
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(host.lifecycle.on_gone, cid(1))
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.start_soon(host.lifecycle.on_running, running(1, 40009))
+            await trio.testing.wait_all_tasks_blocked()
+            finish_unmount.set()
+    assert host.files(1) == {"hostPort_for_my_32262_tcp": "40009", "tty": "10"}
+    assert host.ttys() == {cid(1): 10}
+    assert host.registry.free_ttys == 53
+
+
+# --- adoption after a restart (contract §8) -------------------------------------------
+
+
+async def test_restart_keeps_ttys_and_files(host: Host) -> None:
+    for n in range(3):
+        await host.lifecycle.on_running(running(n, 40000 + n))
+    await host.lifecycle.on_gone(cid(0))  # tty 10 free, 11 and 12 held
+    await host.lifecycle.set_start_values(40001, dpi=96, container_arn="arn:1")
+    before = {n: host.files(n) for n in (1, 2)}
+
+    new = host.restart()
+    await new.lifecycle.adopt([running(1, 40001), running(2, 40002), running(3, 40003)])
+    assert {n: new.files(n) for n in (1, 2)} == before
+    assert new.ttys() == {cid(1): 11, cid(2): 12, cid(3): 10}
+    adopted = new.registry.get(cid(1))
+    assert adopted is not None
+    assert (adopted.dpi, adopted.container_arn, adopted.ready) == (96, "arn:1", True)
+    assert new.registry.free_ttys == 51
+
+
+async def test_adopt_removes_dirs_of_gone_stopped_and_unmanaged(host: Host) -> None:
+    for n in range(4):
+        await host.lifecycle.on_running(running(n, 40000 + n))
+    (host.root / "lost+found").mkdir()
+    new = host.restart()
+    await new.lifecycle.adopt(
+        [
+            running(0, 40000),
+            ContainerInfo(cid(1), 40001, running=False),
+            ContainerInfo(cid(2), None, running=True),
+        ]
+    )
+    assert sorted(os.listdir(host.root)) == [cid(0), "lost+found"]  # not ours: left alone
+    assert new.ttys() == {cid(0): 10}
+    assert new.gone == []  # nothing was mounted by this incarnation
+
+
+async def test_adopt_restarts_garbage_dirs_afresh(
+    host: Host, caplog: pytest.LogCaptureFixture
+) -> None:
+    await host.lifecycle.on_running(running(1, 40001))
+    await host.lifecycle.on_running(running(2, 40002))
+    await host.lifecycle.set_start_values(40002, dpi=96)
+    (host.root / cid(2) / "DPI").write_text("ninety-six")
+    new = host.restart()
+    with caplog.at_level(logging.WARNING):
+        await new.lifecycle.adopt([running(1, 40001), running(2, 40002)])
+    assert "not adoptable" in caplog.text
+    assert new.files(2) == {"hostPort_for_my_32262_tcp": "40002", "tty": "11"}
+    assert new.registry.get(cid(2)) == ContainerRecord(id=cid(2), host_port=40002, tty=11)
+
+
+async def test_adopt_never_keeps_a_duplicate_tty(host: Host) -> None:
+    for n in range(3):
+        await host.lifecycle.on_running(running(n, 40000 + n))
+    await host.lifecycle.set_start_values(40002, dpi=96)
+    (host.root / cid(0) / "tty").write_text("12")
+    (host.root / cid(1) / "tty").write_text("12")  # three dirs claim tty 12
+    new = host.restart()
+    await new.lifecycle.adopt([running(n, 40000 + n) for n in range(3)])
+    # The ready container (2) keeps it; the others get the lowest free ones.
+    assert new.ttys() == {cid(2): 12, cid(0): 10, cid(1): 11}
+    assert {n: new.files(n)["tty"] for n in range(3)} == {0: "10", 1: "11", 2: "12"}
+
+
+async def test_adopt_reassigned_ready_container_rewrites_ready_last(
+    host: Host, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for n in range(2):
+        await host.lifecycle.on_running(running(n, 40000 + n))
+        await host.lifecycle.set_start_values(40000 + n, dpi=96)
+    (host.root / cid(1) / "tty").write_text("10")
+    renamed: list[str] = []
+    real_replace = os.replace
+
+    def spy(src: str, dst: str) -> None:
+        renamed.append(Path(dst).name)
+        real_replace(src, dst)
+
+    monkeypatch.setattr("fractal_hostd.containers.mapping.os.replace", spy)
+    new = host.restart()
+    await new.lifecycle.adopt([running(n, 40000 + n) for n in range(2)])
+    assert new.ttys() == {cid(0): 10, cid(1): 11}
+    assert renamed == ["hostPort_for_my_32262_tcp", "tty", ".ready"]
+
+
+async def test_adopt_keeps_unassigned_containers(host: Host) -> None:
+    for n in range(56):
+        await host.lifecycle.on_running(running(n, 40000 + n))
+    await host.lifecycle.set_start_values(40054, dpi=96)  # 54 went on without a TTY
+    await host.lifecycle.on_gone(cid(0))  # 55 gets tty 10 at once
+    await host.lifecycle.on_gone(cid(1))
+    new = host.restart()
+    await new.lifecycle.adopt([running(n, 40000 + n) for n in range(2, 56)])
+    assert new.ttys()[cid(54)] is None
+    assert new.ttys()[cid(55)] == 10
+    assert new.files(54) == {".ready": ".ready", "DPI": "96", "hostPort_for_my_32262_tcp": "40054"}
+    assert new.registry.free_ttys == 1
+
+
+async def test_adopt_gives_a_free_tty_to_a_waiting_unassigned_container(host: Host) -> None:
+    await host.lifecycle.on_running(running(1, 40001))
+    (host.root / cid(1) / "tty").unlink()  # as if the pool had been exhausted at its start
+    new = host.restart()
+    await new.lifecycle.adopt([running(1, 40001)])
+    assert new.files(1) == {"hostPort_for_my_32262_tcp": "40001", "tty": "10"}
+
+
+async def test_adopt_rewrites_a_changed_host_port_keeping_the_tty(host: Host) -> None:
+    await host.lifecycle.on_running(running(1, 40001))
+    await host.lifecycle.on_running(running(2, 40002))
+    new = host.restart()
+    await new.lifecycle.adopt([running(2, 40777)])
+    assert new.files(2) == {"hostPort_for_my_32262_tcp": "40777", "tty": "11"}
+    assert new.registry.by_host_port(40777) is new.registry.get(cid(2))
+    assert new.registry.by_host_port(40002) is None
+
+
+async def test_adopt_is_for_start_up_only(host: Host) -> None:
+    await host.lifecycle.adopt([running(1, 40001)])
+    with pytest.raises(RuntimeError):
+        await host.lifecycle.adopt([running(1, 40001)])
+
+
+# --- reconcile after a reconnect ------------------------------------------------------
+
+
+async def test_reconcile_applies_missed_events(host: Host) -> None:
+    await host.lifecycle.adopt([])
+    await host.lifecycle.on_running(running(1, 40001))
+    await host.lifecycle.on_running(running(2, 40002))
+    MappingDir(host.root, cid(9)).write_running(40009, 30)  # left behind by someone
+    await host.lifecycle.reconcile(
+        [running(2, 40002), running(3, 40003), ContainerInfo(cid(4), None, True)]
+    )
+    assert host.gone == [cid(1)]
+    assert host.ttys() == {cid(2): 11, cid(3): 10}
+    assert sorted(os.listdir(host.root)) == [cid(2), cid(3)]
