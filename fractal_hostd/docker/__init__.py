@@ -1,0 +1,17 @@
+"""Docker Engine access: the API client and the container event stream task."""
+
+from fractal_hostd.docker.client import (
+    DockerClient,
+    DockerError,
+    DockerEventStream,
+    DockerNotFound,
+    DockerUnreachable,
+)
+
+__all__ = [
+    "DockerClient",
+    "DockerError",
+    "DockerEventStream",
+    "DockerNotFound",
+    "DockerUnreachable",
+]

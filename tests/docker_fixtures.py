@@ -1,0 +1,26 @@
+"""Fixtures for the Docker tests: a fake engine on a short unix socket path, a client to it."""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from fractal_hostd.docker.client import DockerClient
+from tests.fakes.docker_engine import FakeDockerEngine, running_fake_docker
+
+
+@pytest.fixture
+async def fake_docker() -> AsyncIterator[FakeDockerEngine]:
+    # Not tmp_path: a unix socket path must stay under ~108 bytes.
+    with tempfile.TemporaryDirectory(prefix="fhd-docker-", dir="/tmp") as directory:
+        async with running_fake_docker(Path(directory) / "docker.sock") as engine:
+            yield engine
+
+
+@pytest.fixture
+async def fake_client(fake_docker: FakeDockerEngine) -> AsyncIterator[DockerClient]:
+    async with DockerClient(fake_docker.socket_path) as client:
+        yield client
