@@ -1,0 +1,164 @@
+"""The HTTPS API's Quart-Trio application: cross-cutting behaviour around the routes.
+
+Around every request: a Sentry isolation scope (there is no trio integration, so without it
+tags would leak between concurrent requests), a scrubber so no request body or credential
+reaches a Sentry event, one log line (method, path, status, latency — never bodies or
+headers), and the request metrics. Every error, including Quart's own 404/405/413, answers
+JSON in the shape of contract §5. Routes live in `routes.py`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import sentry_sdk
+from quart import Request, Response, g, jsonify, request
+from quart_trio import QuartTrio
+from sentry_sdk.types import Event, Hint
+from werkzeug.exceptions import HTTPException
+from werkzeug.wrappers import Response as WerkzeugResponse
+
+from fractal_hostd.api.auth import Authenticator
+from fractal_hostd.api.errors import ApiError
+from fractal_hostd.api.routes import ApiContext, CloudStorageMounter, register_routes
+from fractal_hostd.containers.lifecycle import ContainerLifecycle
+from fractal_hostd.containers.registry import ContainerRegistry
+from fractal_hostd.hoststate import HostState
+from fractal_hostd.metrics import Metrics
+
+logger = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = 64 * 1024
+# A client that has not sent its (at most 64 KiB) body after this long is not a webserver.
+BODY_TIMEOUT_SECONDS = 10
+_MAX_LOGGED_PATH = 100  # our routes are short; a long path is junk (and costly to redact)
+_QUIET_ENDPOINTS = frozenset({"/health", "/metrics"})
+_HTTP_ERRORS = {
+    400: "bad request",
+    404: "not found",
+    405: "method not allowed",
+    408: "request timeout",
+    413: f"request body over {MAX_BODY_BYTES // 1024} KiB",
+}
+
+
+class HostApi(QuartTrio):
+    async def handle_request(self, request: Request) -> Response | WerkzeugResponse:
+        # Each request gets its own Sentry scope: tags and breadcrumbs set while handling it
+        # cannot leak into a concurrent request's events.
+        with sentry_sdk.isolation_scope():
+            return await super().handle_request(request)
+
+
+def create_app(
+    *,
+    state: HostState,
+    registry: ContainerRegistry,
+    lifecycle: ContainerLifecycle,
+    metrics: Metrics,
+    auth_secret: str,
+    cloud_storage: CloudStorageMounter | None,
+    container_wait: float,
+) -> HostApi:
+    """The API app; raises ValueError for an empty secret (no request could then be allowed)."""
+    app = HostApi("fractal_hostd.api", static_folder=None)
+    app.config.update(
+        MAX_CONTENT_LENGTH=MAX_BODY_BYTES,
+        BODY_TIMEOUT=BODY_TIMEOUT_SECONDS,
+        PROVIDE_AUTOMATIC_OPTIONS=False,
+    )
+    app.json.sort_keys = False  # type: ignore[attr-defined]  # keep the documented field order
+    metrics.track(state=state, containers=registry)
+    context = ApiContext(
+        state=state,
+        registry=registry,
+        lifecycle=lifecycle,
+        metrics=metrics,
+        authenticator=Authenticator(auth_secret),
+        cloud_storage=cloud_storage,
+        container_wait=container_wait,
+    )
+    register_routes(app, context)
+    _install_hooks(app, metrics)
+    _install_error_handlers(app)
+    return app
+
+
+def _install_hooks(app: HostApi, metrics: Metrics) -> None:
+    @app.before_request
+    async def start_request() -> None:
+        g.started = time.perf_counter()
+        # Added here, after Sentry's Quart integration added its own request processor, so
+        # ours runs last and has the final word on what leaves the host.
+        sentry_sdk.get_isolation_scope().add_event_processor(_scrub_event)
+
+    @app.after_request
+    async def finish_request(response: Response) -> Response:
+        latency = time.perf_counter() - g.get("started", time.perf_counter())
+        rule = request.url_rule
+        endpoint = rule.rule if rule is not None else "unmatched"
+        status = response.status_code
+        metrics.requests.labels(endpoint=endpoint, status=str(status)).inc()
+        metrics.request_latency.labels(endpoint=endpoint).observe(latency)
+        path = request.path[:_MAX_LOGGED_PATH]
+        # One line per request; probes and scrapes that succeed are noise at info level.
+        quiet = status == 200 and endpoint in _QUIET_ENDPOINTS
+        logger.log(
+            logging.DEBUG if quiet else logging.INFO,
+            "%s %s %d %.1f ms",
+            request.method,
+            path,
+            status,
+            latency * 1000,
+            extra={
+                "method": request.method,
+                "path": path,
+                "status": status,
+                "latency_ms": round(latency * 1000, 2),
+                **g.get("log_context", {}),
+            },
+        )
+        return response
+
+
+def _install_error_handlers(app: HostApi) -> None:
+    @app.errorhandler(ApiError)
+    async def api_error(error: ApiError) -> tuple[Response, int]:
+        return jsonify(error.body), error.status
+
+    @app.errorhandler(HTTPException)
+    async def http_error(error: HTTPException) -> tuple[Response, int, dict[str, str]]:
+        status = error.code or 500
+        message = _HTTP_ERRORS.get(status, (error.name or "error").lower())
+        # Keep headers that matter to the client (Allow on a 405), drop Werkzeug's HTML type.
+        headers = {k: v for k, v in error.get_headers() if k.lower() != "content-type"}
+        return jsonify({"error": message}), status, headers
+
+    @app.errorhandler(Exception)
+    async def unexpected_error(error: Exception) -> tuple[Response, int]:
+        # A bug, not bad input (validation turns all of that into 4xx): log it with its
+        # traceback; at error level the logging integration reports it to Sentry.
+        logger.error(
+            "unhandled error in %s %s",
+            request.method,
+            request.path[:_MAX_LOGGED_PATH],
+            exc_info=error,
+        )
+        return jsonify({"error": "internal error"}), 500
+
+
+def _scrub_event(event: Event, hint: Hint) -> Event:
+    """Drop what a request could carry of secrets: body, cookies, query, credentials."""
+    request_info = event.get("request")
+    if isinstance(request_info, dict):
+        for key in ("data", "cookies", "query_string"):
+            request_info.pop(key, None)
+        headers = request_info.get("headers")
+        if isinstance(headers, dict):
+            request_info["headers"] = {
+                name: value
+                for name, value in headers.items()
+                if name.lower() not in ("authorization", "cookie", "proxy-authorization")
+            }
+    return event

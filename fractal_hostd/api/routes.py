@@ -1,0 +1,199 @@
+"""The endpoints of contract §5. Each handler: authenticate, validate, act, answer JSON.
+
+Order matters for what a stranger can learn: the body is read (size limit: 413) and parsed,
+then the credentials are checked (401), and only then is the body validated (400). So an
+unauthenticated client learns nothing about the rules; it cannot even tell valid JSON from
+invalid. The host port waits of the container endpoints are bounded by `container_wait`
+(FRACTAL_CONTAINER_WAIT): the webserver may call before Docker's start event reached us.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+import trio
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from quart import Response, g, request
+from quart_trio import QuartTrio
+
+from fractal_hostd.api.auth import Authenticator
+from fractal_hostd.api.errors import BadRequest, NotCarriedOut, Unauthorized
+from fractal_hostd.api.openapi import openapi_document
+from fractal_hostd.api.status import container_summary, status_document
+from fractal_hostd.api.validation import (
+    InvalidInput,
+    StartValues,
+    parse_dpi_request,
+    parse_json_object,
+    parse_mount_request,
+    parse_start_values_request,
+)
+from fractal_hostd.cloud_storage import MountFailed, OAuthToken
+from fractal_hostd.containers.lifecycle import ContainerLifecycle, ContainerUnknown
+from fractal_hostd.containers.registry import ContainerRecord, ContainerRegistry
+from fractal_hostd.hoststate import HostState
+from fractal_hostd.metrics import Metrics
+
+T = TypeVar("T")
+logger = logging.getLogger(__name__)
+
+
+class CloudStorageMounter(Protocol):
+    """What the API needs of `fractal_hostd.cloud_storage.CloudStorage`."""
+
+    async def mount(
+        self,
+        *,
+        host_port: int,
+        container_id: str,
+        provider: str,
+        token: OAuthToken,
+        client_id: str | None,
+        client_secret: str | None,
+    ) -> Path: ...
+
+    async def unmount_container(self, host_port: int) -> None: ...
+
+
+@dataclass(frozen=True)
+class ApiContext:
+    state: HostState
+    registry: ContainerRegistry
+    lifecycle: ContainerLifecycle
+    metrics: Metrics
+    authenticator: Authenticator
+    cloud_storage: CloudStorageMounter | None
+    container_wait: float
+
+
+def register_routes(app: QuartTrio, ctx: ApiContext) -> None:
+    @app.route("/health", methods=["GET"])
+    async def health() -> dict[str, Any]:
+        return {"status": "ok"}
+
+    @app.route("/status", methods=["GET"])
+    async def status() -> dict[str, Any]:
+        await _authorized_body(ctx.authenticator, body_required=False)
+        return status_document(ctx.state, ctx.registry)
+
+    @app.route("/metrics", methods=["GET"])
+    async def metrics() -> Response:
+        await _authorized_body(ctx.authenticator, body_required=False)
+        return Response(generate_latest(ctx.metrics.registry), content_type=CONTENT_TYPE_LATEST)
+
+    @app.route("/openapi.json", methods=["GET"])
+    async def openapi() -> dict[str, Any]:
+        await _authorized_body(ctx.authenticator, body_required=False)
+        return openapi_document()
+
+    @app.route("/set_container_dpi", methods=["PUT"])
+    async def set_container_dpi() -> dict[str, Any]:
+        body = await _authorized_body(ctx.authenticator, body_required=True)
+        return await _write_start_values(ctx, _validated(parse_dpi_request, body))
+
+    @app.route("/set_container_start_values", methods=["PUT"])
+    async def set_container_start_values() -> dict[str, Any]:
+        body = await _authorized_body(ctx.authenticator, body_required=True)
+        return await _write_start_values(ctx, _validated(parse_start_values_request, body))
+
+    @app.route("/mount_cloud_storage", methods=["POST"])
+    async def mount_cloud_storage() -> dict[str, Any]:
+        body = await _authorized_body(ctx.authenticator, body_required=True)
+        mount = _validated(parse_mount_request, body)
+        if ctx.state.draining is not None:
+            raise NotCarriedOut("host is draining")
+        if ctx.cloud_storage is None:
+            raise NotCarriedOut("cloud storage is not supported yet")
+        record = await _container_for(ctx, mount.host_port)
+        try:
+            mount_point = await ctx.cloud_storage.mount(
+                host_port=mount.host_port,
+                container_id=record.id,
+                provider=mount.provider,
+                token=mount.token,
+                client_id=mount.client_id,
+                client_secret=mount.client_secret,
+            )
+        except MountFailed as exc:
+            raise NotCarriedOut(str(exc)) from exc
+        if ctx.registry.get(record.id) is not record:
+            # The container died while rclone was mounting: its unmount hook has already run
+            # and found nothing, so this mount would be left behind.
+            await ctx.cloud_storage.unmount_container(mount.host_port)
+            raise NotCarriedOut(f"no container with host port {mount.host_port}")
+        if mount.provider not in record.cloud_storage:
+            record.cloud_storage.append(mount.provider)
+        _log_context(container_id=record.id, host_port=mount.host_port, provider=mount.provider)
+        return {
+            "result": {
+                "host_port": mount.host_port,
+                "provider": mount.provider,
+                "mount_point": str(mount_point),
+            }
+        }
+
+
+async def _authorized_body(authenticator: Authenticator, *, body_required: bool) -> dict[str, Any]:
+    """The request's JSON object once its credentials are checked (see the module doc)."""
+    raw: bytes = await request.get_data(cache=False, as_text=False, parse_form_data=False)
+    body: dict[str, Any] | None = None
+    problem: InvalidInput | None = None
+    if raw.strip():
+        try:
+            body = parse_json_object(raw)
+        except InvalidInput as exc:
+            problem = exc
+    elif body_required:
+        problem = InvalidInput("body must be a JSON object")
+    if not authenticator.is_authorized(request.headers.getlist("Authorization"), body):
+        raise Unauthorized
+    if problem is not None:
+        raise BadRequest(str(problem))
+    return body if body is not None else {}
+
+
+def _validated(parse: Callable[[dict[str, Any]], T], body: dict[str, Any]) -> T:
+    try:
+        return parse(body)
+    except InvalidInput as exc:
+        raise BadRequest(str(exc)) from exc
+
+
+def _log_context(**fields: object) -> None:
+    """Facts for the request's one log line (written by the app when the answer is ready)."""
+    g.log_context = fields
+
+
+async def _container_for(ctx: ApiContext, host_port: int) -> ContainerRecord:
+    """The live container with this host port, waiting up to `container_wait` for it."""
+    record = ctx.registry.by_host_port(host_port)
+    if record is None:
+        with trio.move_on_after(ctx.container_wait):
+            record = await ctx.registry.wait_for_host_port(host_port)
+    if record is None:
+        raise NotCarriedOut(f"no container with host port {host_port}")
+    return record
+
+
+async def _write_start_values(ctx: ApiContext, values: StartValues) -> dict[str, Any]:
+    await _container_for(ctx, values.host_port)
+    try:
+        record = await ctx.lifecycle.set_start_values(
+            values.host_port, dpi=values.dpi, container_arn=values.container_arn
+        )
+    except ContainerUnknown as exc:
+        # It died between the lookup and the write.
+        raise NotCarriedOut(f"no container with host port {values.host_port}") from exc
+    except ValueError as exc:  # the lifecycle's own checks, should validation ever drift
+        raise BadRequest(str(exc)) from exc
+    except OSError as exc:
+        logger.error("writing start values failed: %s", exc, extra={"host_port": values.host_port})
+        raise NotCarriedOut(
+            f"could not write the container's files: {exc.strerror or type(exc).__name__}"
+        ) from exc
+    _log_context(container_id=record.id, host_port=values.host_port, dpi=values.dpi)
+    return {"result": container_summary(record)}

@@ -1,0 +1,155 @@
+"""Strict parsing of request bodies: JSON object in, typed request out, or InvalidInput.
+
+Pure functions, no Quart: every rule is testable alone. Strictness is deliberate (contract §5:
+"bad input never disturbs the service"): an int is a JSON integer — not a bool, a float or a
+string of digits; strings are bounded; enums are closed. Unknown fields are ignored, so the
+webserver may send more than we read (the original service also ignored them).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Final
+
+from fractal_hostd.cloud_storage import OAuthToken
+
+MAX_STRING = 4096
+MAX_TOKEN = 8192  # OAuth access/refresh tokens (Google's are ~2 KB; room to grow)
+MAX_ARN = 2048
+MIN_DPI, MAX_DPI = 1, 1000
+PROVIDERS: Final = ("google_drive", "dropbox")
+
+
+class InvalidInput(Exception):
+    """The request is malformed; the message names the field and is safe to send back."""
+
+
+@dataclass(frozen=True)
+class StartValues:
+    host_port: int
+    dpi: int
+    container_arn: str | None = None
+
+
+@dataclass(frozen=True)
+class MountRequest:
+    host_port: int
+    provider: str
+    token: OAuthToken
+    client_id: str | None
+    client_secret: str | None
+
+
+def parse_json_object(raw: bytes) -> dict[str, Any]:
+    """The body as a JSON object; InvalidInput for anything else (no NaN/Infinity either)."""
+    try:
+        value = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        # ValueError covers JSONDecodeError and integers beyond Python's digit limit.
+        raise InvalidInput("body is not valid JSON") from exc
+    if not isinstance(value, dict):
+        raise InvalidInput("body must be a JSON object")
+    return value
+
+
+def parse_dpi_request(body: dict[str, Any]) -> StartValues:
+    return StartValues(host_port=_host_port(body), dpi=_dpi(body))
+
+
+def parse_start_values_request(body: dict[str, Any]) -> StartValues:
+    host_port, dpi = _host_port(body), _dpi(body)
+    # Accepted for compatibility with the webserver's request; nothing on the host uses them.
+    _optional_string(body, "user_id", MAX_STRING)
+    _optional_string(body, "client_app_auth_secret", MAX_STRING)
+    arn = _optional_string(body, "container_ARN", MAX_ARN)
+    if arn is not None and not arn.isprintable():
+        raise InvalidInput("container_ARN must be a single line of printable characters")
+    # An empty ARN means "none": there is nothing to write into the ContainerARN file.
+    return StartValues(host_port=host_port, dpi=dpi, container_arn=arn or None)
+
+
+def parse_mount_request(body: dict[str, Any]) -> MountRequest:
+    host_port = _host_port(body)
+    provider = body.get("provider")
+    if not isinstance(provider, str) or provider not in PROVIDERS:
+        raise InvalidInput(f"provider must be one of: {', '.join(PROVIDERS)}")
+    # Token parts go into an rclone config file: one printable line each.
+    token = OAuthToken(
+        access_token=_printable(body, "access_token", MAX_TOKEN),
+        refresh_token=_printable(body, "refresh_token", MAX_TOKEN),
+        expiry=_printable(body, "expiry", 64),
+        token_type=_printable(body, "token_type", 64),
+    )
+    return MountRequest(
+        host_port=host_port,
+        provider=provider,
+        token=token,
+        client_id=_optional_string(body, "client_id", MAX_STRING) or None,
+        client_secret=_optional_string(body, "client_secret", MAX_STRING) or None,
+    )
+
+
+def _host_port(body: dict[str, Any]) -> int:
+    return _int_in_range(body, "host_port", 1, 65535)
+
+
+def _dpi(body: dict[str, Any]) -> int:
+    return _int_in_range(body, "dpi", MIN_DPI, MAX_DPI)
+
+
+def _int_in_range(body: dict[str, Any], name: str, low: int, high: int) -> int:
+    value = body.get(name)
+    if type(value) is not int or not low <= value <= high:
+        raise InvalidInput(f"{name} must be an integer from {low} to {high}")
+    return value
+
+
+def _string(body: dict[str, Any], name: str, max_length: int) -> str:
+    value = body.get(name)
+    if not isinstance(value, str) or not 0 < len(value) <= max_length:
+        raise InvalidInput(f"{name} must be a non-empty string of at most {max_length} characters")
+    _check_encodable(name, value)
+    return value
+
+
+def _printable(body: dict[str, Any], name: str, max_length: int) -> str:
+    value = _string(body, name, max_length)
+    if not value.isprintable():
+        raise InvalidInput(f"{name} must be a single line of printable characters")
+    return value
+
+
+def _optional_string(body: dict[str, Any], name: str, max_length: int) -> str | None:
+    """Absent and null both mean "not given"."""
+    value = body.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str) or len(value) > max_length:
+        raise InvalidInput(f"{name} must be a string of at most {max_length} characters")
+    _check_encodable(name, value)
+    return value
+
+
+def _check_encodable(name: str, value: str) -> None:
+    # JSON can carry lone surrogates ("\ud800"); they cannot be written to a file or a config.
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidInput(f"{name} must be valid Unicode text") from exc
+    if "\x00" in value:
+        raise InvalidInput(f"{name} must not contain NUL characters")
+
+
+def _reject_constant(name: str) -> float:
+    raise ValueError(f"{name} is not JSON")
+
+
+__all__ = [
+    "MAX_DPI",
+    "MIN_DPI",
+    "PROVIDERS",
+    "InvalidInput",
+    "MountRequest",
+    "StartValues",
+]

@@ -1,0 +1,130 @@
+"""Shared pieces of the API tests (and bench/bench_api.py): a real app over the real
+container registry and lifecycle writing into a temporary mappings directory, plus a fake
+cloud storage (the real one needs rclone/FUSE; it has its own tests)."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from quart_trio import QuartTrio
+
+from fractal_hostd.api.app import create_app
+from fractal_hostd.containers.info import ContainerInfo
+from fractal_hostd.containers.lifecycle import ContainerLifecycle
+from fractal_hostd.containers.registry import ContainerRecord, ContainerRegistry
+from fractal_hostd.hoststate import HostState
+from fractal_hostd.metrics import Metrics
+
+SECRET = "test-secret-0123456789-abcdef"
+AUTH = {"Authorization": f"Bearer {SECRET}"}
+
+
+def container_id(host_port: int) -> str:
+    return hashlib.sha256(str(host_port).encode()).hexdigest()
+
+
+@dataclass
+class FakeCloudStorage:
+    """Records mounts; `fail_with` makes the next mounts raise it."""
+
+    root: Path
+    mounts: list[dict[str, Any]] = field(default_factory=list)
+    fail_with: Exception | None = None
+    unmounted: list[int] = field(default_factory=list)
+    # Runs while "rclone" mounts: lets a test kill the container mid-mount.
+    during_mount: Callable[[], Awaitable[None]] | None = None
+
+    async def mount(
+        self,
+        *,
+        host_port: int,
+        container_id: str,
+        provider: str,
+        token: Any,
+        client_id: str | None,
+        client_secret: str | None,
+    ) -> Path:
+        if self.during_mount is not None:
+            await self.during_mount()
+        if self.fail_with is not None:
+            raise self.fail_with
+        self.mounts.append(
+            {
+                "host_port": host_port,
+                "container_id": container_id,
+                "provider": provider,
+                "token": token,
+                "client_id": client_id,
+                "client_secret": client_secret,
+            }
+        )
+        folder = "Google Drive" if provider == "google_drive" else "Dropbox"
+        return self.root / str(host_port) / folder
+
+    async def unmount_container(self, host_port: int) -> None:
+        self.unmounted.append(host_port)
+
+
+@dataclass
+class Api:
+    app: QuartTrio
+    state: HostState
+    registry: ContainerRegistry
+    lifecycle: ContainerLifecycle
+    metrics: Metrics
+    mappings_dir: Path
+    cloud_storage: FakeCloudStorage | None
+
+    async def add_container(self, host_port: int) -> ContainerRecord:
+        await self.lifecycle.on_running(
+            ContainerInfo(id=container_id(host_port), host_port=host_port, running=True)
+        )
+        record = self.registry.by_host_port(host_port)
+        assert record is not None
+        return record
+
+    def mapping_file(self, host_port: int, name: str) -> Path:
+        return self.mappings_dir / container_id(host_port) / name
+
+
+def make_api(
+    tmp_path: Path,
+    *,
+    container_wait: float = 0.5,
+    with_cloud_storage: bool = True,
+    secret: str = SECRET,
+) -> Api:
+    state = HostState(version="9.9.9", environment="localdev")
+    registry = ContainerRegistry()
+    mappings_dir = tmp_path / "containerResourceMappings"
+    mappings_dir.mkdir(parents=True, exist_ok=True)
+    lifecycle = ContainerLifecycle(mappings_dir=mappings_dir, registry=registry)
+    metrics = Metrics()
+    cloud = FakeCloudStorage(root=tmp_path / "cloudStorage") if with_cloud_storage else None
+    app = create_app(
+        state=state,
+        registry=registry,
+        lifecycle=lifecycle,
+        metrics=metrics,
+        auth_secret=secret,
+        cloud_storage=cloud,
+        container_wait=container_wait,
+    )
+    return Api(app, state, registry, lifecycle, metrics, mappings_dir, cloud)
+
+
+def snapshot(api: Api) -> tuple[list[ContainerRecord], dict[str, bytes]]:
+    """Everything a request could change: the records and every mapping file's content."""
+    records = [ContainerRecord(**vars(r)) for r in api.registry.records()]
+    for record in records:
+        record.cloud_storage = list(record.cloud_storage)
+    files = {
+        str(path.relative_to(api.mappings_dir)): path.read_bytes()
+        for path in sorted(api.mappings_dir.rglob("*"))
+        if path.is_file()
+    }
+    return records, files

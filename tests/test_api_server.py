@@ -1,0 +1,214 @@
+"""The API over real TLS: hypercorn on loopback port 0, httpx verifying the generated cert.
+
+Test rules: localhost only, port 0, an absolute `trio.fail_after` around every test.
+"""
+
+from __future__ import annotations
+
+import functools
+import socket
+import ssl
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+import trio
+
+from fractal_hostd.api.server import hypercorn_config, serve_api
+from fractal_hostd.containers.registry import ContainerRecord
+from fractal_hostd.tls import TlsFiles, generate_certificate
+from tests.api_fixtures import AUTH, Api, make_api
+
+TIMEOUT = 10
+
+
+@dataclass
+class Running:
+    api: Api
+    url: str
+    tls: TlsFiles
+    stop: trio.Event
+
+
+@asynccontextmanager
+async def running_api(tmp_path: Path, **api_args: float) -> AsyncIterator[Running]:
+    api = make_api(tmp_path, **api_args)  # type: ignore[arg-type]
+    tls = generate_certificate(tmp_path / "private")
+    stop = trio.Event()
+    async with trio.open_nursery() as nursery:
+        url = await nursery.start(
+            functools.partial(
+                serve_api,
+                api.app,
+                bind="127.0.0.1:0",
+                certfile=tls.certfile,
+                keyfile=tls.keyfile,
+                shutdown_trigger=stop.wait,
+                graceful_timeout=3.0,
+            )
+        )
+        yield Running(api, url, tls, stop)
+        stop.set()
+
+
+def _client(running: Running) -> httpx.AsyncClient:
+    return httpx.AsyncClient(
+        base_url=running.url, verify=ssl.create_default_context(cafile=str(running.tls.certfile))
+    )
+
+
+async def test_started_reports_the_bound_url_and_tls_answers(tmp_path: Path) -> None:
+    with trio.fail_after(TIMEOUT):
+        async with running_api(tmp_path) as running, _client(running) as client:
+            assert running.url.startswith("https://127.0.0.1:")
+            assert not running.url.endswith(":0")
+            await running.api.add_container(40000)
+            health = await client.get("/health")
+            assert health.json() == {"status": "ok"}
+            assert "server" not in health.headers
+            answer = await client.put(
+                "/set_container_dpi", json={"host_port": 40000, "dpi": 144}, headers=AUTH
+            )
+            assert answer.status_code == 200
+            assert running.api.mapping_file(40000, "DPI").read_text() == "144"
+            assert running.api.mapping_file(40000, ".ready").exists()
+
+
+@pytest.mark.filterwarnings("ignore:ssl.TLSVersion.TLSv1_1 is deprecated:DeprecationWarning")
+async def test_tls_below_1_2_is_refused(tmp_path: Path) -> None:
+    with trio.fail_after(TIMEOUT):
+        async with running_api(tmp_path) as running:
+            host, port = running.url.removeprefix("https://").rsplit(":", 1)
+            context = ssl.create_default_context(cafile=str(running.tls.certfile))
+            context.minimum_version = ssl.TLSVersion.MINIMUM_SUPPORTED
+            context.maximum_version = ssl.TLSVersion.TLSv1_1
+            try:
+                context.set_ciphers("ALL:@SECLEVEL=0")
+            except ssl.SSLError:
+                pytest.skip("this OpenSSL cannot even offer TLS 1.1")
+            stream = await trio.open_tcp_stream(host, int(port))
+            tls_stream = trio.SSLStream(stream, context, server_hostname="127.0.0.1")
+            with pytest.raises(trio.BrokenResourceError) as refused:
+                await tls_stream.do_handshake()
+            assert isinstance(refused.value.__cause__, ssl.SSLError)
+            await stream.aclose()
+
+
+def test_the_server_context_requires_tls_1_2(tmp_path: Path) -> None:
+    tls = generate_certificate(tmp_path)
+    config = hypercorn_config(
+        bind="127.0.0.1:0", certfile=tls.certfile, keyfile=tls.keyfile, graceful_timeout=1
+    )
+    context = config.create_ssl_context()
+    assert context is not None
+    assert context.minimum_version == ssl.TLSVersion.TLSv1_2
+    assert context.options & ssl.OP_NO_COMPRESSION
+
+
+async def test_tls_1_2_and_1_3_are_accepted(tmp_path: Path) -> None:
+    with trio.fail_after(TIMEOUT):
+        async with running_api(tmp_path) as running:
+            for version in (ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3):
+                context = ssl.create_default_context(cafile=str(running.tls.certfile))
+                context.minimum_version = context.maximum_version = version
+                async with httpx.AsyncClient(base_url=running.url, verify=context) as client:
+                    assert (await client.get("/health")).status_code == 200
+
+
+async def test_an_in_flight_request_completes_during_graceful_shutdown(tmp_path: Path) -> None:
+    """The request waits for its container; shutdown starts; the container appears: 200."""
+    with trio.fail_after(TIMEOUT):
+        async with running_api(tmp_path, container_wait=5.0) as running, _client(running) as client:
+            answers: list[httpx.Response] = []
+            waiting = trio.Event()
+            real_wait = running.api.registry.wait_for_host_port
+
+            async def signalling_wait(host_port: int) -> ContainerRecord:
+                waiting.set()
+                return await real_wait(host_port)
+
+            running.api.registry.wait_for_host_port = signalling_wait  # type: ignore[method-assign]
+
+            async def slow_request() -> None:
+                answers.append(
+                    await client.put(
+                        "/set_container_dpi", json={"host_port": 40001, "dpi": 96}, headers=AUTH
+                    )
+                )
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(slow_request)
+                await waiting.wait()  # the request is in its handler, waiting for the container
+                running.stop.set()
+                await trio.sleep(0.2)
+                # New connections are refused once shutdown started...
+                with pytest.raises(httpx.ConnectError):
+                    async with _client(running) as fresh:
+                        await fresh.get("/health")
+                # ...while the request in flight still gets its answer.
+                await running.api.add_container(40001)
+            assert answers[0].status_code == 200
+            assert running.api.mapping_file(40001, ".ready").exists()
+
+
+async def test_an_idle_keep_alive_connection_does_not_hold_up_shutdown(tmp_path: Path) -> None:
+    """quart-trio's per-request cancel used to stop hypercorn's idle timer, so an idle
+    keep-alive connection kept the drain waiting for the whole graceful timeout."""
+    api = make_api(tmp_path)
+    tls = generate_certificate(tmp_path / "private")
+    stop = trio.Event()
+    with trio.fail_after(TIMEOUT):
+        async with trio.open_nursery() as nursery:
+            url = await nursery.start(
+                functools.partial(
+                    serve_api,
+                    api.app,
+                    bind="127.0.0.1:0",
+                    certfile=tls.certfile,
+                    keyfile=tls.keyfile,
+                    shutdown_trigger=stop.wait,
+                    graceful_timeout=60.0,  # far beyond fail_after: waiting for it fails
+                )
+            )
+            client = httpx.AsyncClient(
+                base_url=url, verify=ssl.create_default_context(cafile=str(tls.certfile))
+            )
+            assert (await client.get("/health")).status_code == 200
+            stop.set()
+        await client.aclose()
+
+
+def _has_ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as sock:
+            sock.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _has_ipv6_loopback(), reason="no IPv6 loopback on this machine")
+async def test_ipv6_bind_reports_a_bracketed_url(tmp_path: Path) -> None:
+    api = make_api(tmp_path)
+    tls = generate_certificate(tmp_path / "private")
+    stop = trio.Event()
+    with trio.fail_after(TIMEOUT):
+        async with trio.open_nursery() as nursery:
+            url = await nursery.start(
+                functools.partial(
+                    serve_api,
+                    api.app,
+                    bind="[::1]:0",
+                    certfile=tls.certfile,
+                    keyfile=tls.keyfile,
+                    shutdown_trigger=stop.wait,
+                )
+            )
+            assert url.startswith("https://[::1]:")
+            context = ssl.create_default_context(cafile=str(tls.certfile))
+            async with httpx.AsyncClient(base_url=url, verify=context) as client:
+                assert (await client.get("/health")).status_code == 200
+            stop.set()
