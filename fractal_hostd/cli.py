@@ -103,7 +103,7 @@ def _local_api(config: Config) -> tuple[str, str]:
         url = url_file.read_text().strip()
     else:
         host = "127.0.0.1" if config.api_host in ("0.0.0.0", "::") else config.api_host
-        url = f"https://{host}:{config.api_port}"
+        url = f"https://{f'[{host}]' if ':' in host else host}:{config.api_port}"
     if config.webserver_auth_secret is not None:
         return url, config.webserver_auth_secret.reveal()
     try:

@@ -49,7 +49,7 @@ _SENSITIVE_WORD = (
     r"|api[-_]?key|private[-_]?key)"
 )
 _SENSITIVE_KEY_RE: Final = re.compile(_SENSITIVE_WORD, re.IGNORECASE)
-_KEY = rf"[\w.-]*{_SENSITIVE_WORD}[\w.-]*"
+_KEY = rf"(?<![\w.-])[\w.-]*?{_SENSITIVE_WORD}[\w.-]*"
 _SEP = r"[\"']?\s*[:=]\s*"
 # `token="a b"`, `'secret': 'x'`, `"access_token": "ya29..."`
 _QUOTED_VALUE_RE: Final = re.compile(rf"({_KEY})({_SEP})([\"'])(.*?)(\3)", re.IGNORECASE)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import faulthandler
 import functools
+import gc
 import logging
 import os
 import shutil
@@ -262,6 +263,9 @@ class Service:
                 )
             )
         inner.start_soon(sdnotify.run_watchdog)
+        # Everything allocated so far lives as long as the process: keep it out of the
+        # collector's full passes, which otherwise stall the loop for 12-20 ms (bench/).
+        gc.freeze()
         sdnotify.ready()
         logger.info(
             "ready",

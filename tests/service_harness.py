@@ -7,8 +7,10 @@ the child's stderr (its logs) goes to a file the test can read after the fact.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -37,14 +39,19 @@ class Peers:
 
 @asynccontextmanager
 async def running_peers(tmp_path: Path, *, sentry_blackhole: bool = False) -> AsyncIterator[Peers]:
-    socket_path = tmp_path / "docker.sock"
+    # A unix socket path must stay under 108 bytes: tmp_path of a long test name may not.
+    socket_dir = Path(tempfile.mkdtemp(prefix="fhd-e2e-", dir="/tmp"))
+    socket_path = socket_dir / "docker.sock"
     async with (
         running_fake_webserver() as webserver,
         running_fake_imds() as imds,
         running_fake_sentry(blackhole=sentry_blackhole) as sentry,
         running_fake_docker(socket_path) as docker,
     ):
-        yield Peers(webserver, imds, sentry, docker, socket_path)
+        try:
+            yield Peers(webserver, imds, sentry, docker, socket_path)
+        finally:
+            shutil.rmtree(socket_dir, ignore_errors=True)
 
 
 def service_env(tmp_path: Path, peers: Peers, **extra: str) -> dict[str, str]:
