@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import logging
 import socket
-from types import TracebackType
 
 import httpx
 import trio
 
 from fractal_hostd.hoststate import InstanceMetadata
+from fractal_hostd.httpclient import OwnsHttpClient
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ def local_metadata(hostname: str) -> InstanceMetadata:
 LOCAL_METADATA: InstanceMetadata = local_metadata(socket.gethostname())
 
 
-class ImdsClient:
+class ImdsClient(OwnsHttpClient):
     """Reads paths under /latest/meta-data/ with IMDSv2 tokens (v1 fallback, see module doc)."""
 
     def __init__(
@@ -93,20 +93,6 @@ class ImdsClient:
     @property
     def uses_v1(self) -> bool:
         return self._v1
-
-    async def aclose(self) -> None:
-        await self._http.aclose()
-
-    async def __aenter__(self) -> ImdsClient:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     async def get(self, path: str) -> str | None:
         """Text of `/latest/meta-data/<path>`; None when IMDS answers 404 (not present)."""

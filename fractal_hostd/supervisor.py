@@ -142,14 +142,12 @@ class Service:
         """Clients of the outside world; they outlive the children for the dying heartbeat."""
         config = self.config
         async with contextlib.AsyncExitStack() as stack:
-            docker = DockerClient(str(config.docker_socket))
-            stack.push_async_callback(docker.aclose)
-            imds = ImdsClient(config.imds_url) if config.imds_url else None
-            if imds is not None:
-                stack.push_async_callback(imds.aclose)
-            webserver = WebserverClient(config.webserver_url) if config.webserver_url else None
-            if webserver is not None:
-                stack.push_async_callback(webserver.aclose)
+            docker = await stack.enter_async_context(DockerClient(str(config.docker_socket)))
+            imds = webserver = None
+            if config.imds_url:
+                imds = await stack.enter_async_context(ImdsClient(config.imds_url))
+            if config.webserver_url:
+                webserver = await stack.enter_async_context(WebserverClient(config.webserver_url))
             yield docker, imds, webserver
 
     async def _supervise(

@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import logging
 import random
-from types import TracebackType
 from typing import Any, NotRequired, TypedDict
 
 import httpx
 import trio
 
 from fractal_hostd.hoststate import InstanceMetadata
+from fractal_hostd.httpclient import OwnsHttpClient
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ def handshake_body(metadata: InstanceMetadata) -> dict[str, str]:
     }
 
 
-class WebserverClient:
+class WebserverClient(OwnsHttpClient):
     def __init__(
         self,
         base_url: str,
@@ -76,20 +76,6 @@ class WebserverClient:
             follow_redirects=False,
         )
         self._rng = rng if rng is not None else random.Random()  # noqa: S311 - jitter, not cryptography
-
-    async def aclose(self) -> None:
-        await self._http.aclose()
-
-    async def __aenter__(self) -> WebserverClient:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     async def handshake(
         self,

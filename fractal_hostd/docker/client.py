@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from types import TracebackType
 from typing import Any, Self
 from urllib.parse import quote
 
@@ -26,6 +25,7 @@ import httpx
 import trio
 
 from fractal_hostd.docker.jsonstream import JsonStreamDecoder
+from fractal_hostd.httpclient import OwnsHttpClient
 
 DEFAULT_TIMEOUT = 10.0
 SLOW_CALL_TIMEOUT = 60.0  # create/start/kill: dockerd may take long on a cold host
@@ -97,7 +97,7 @@ class DockerEventStream:
         return event
 
 
-class DockerClient:
+class DockerClient(OwnsHttpClient):
     def __init__(
         self,
         socket_path: str,
@@ -116,20 +116,6 @@ class DockerClient:
             timeout=timeout,
             trust_env=False,  # HTTP(S)_PROXY must never apply to the Docker socket
         )
-
-    async def aclose(self) -> None:
-        await self._http.aclose()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     async def _request(
         self,
