@@ -172,3 +172,17 @@ async def running_fake_imds(**kwargs: Any) -> AsyncIterator[FakeImds]:
     async with serve_on_loopback(fake.app) as url:
         fake.url = url
         yield fake
+
+
+async def _main() -> None:
+    """`python -m tests.fakes.imds`: an IMDSv2 on loopback for manual runs; prints its URL."""
+    async with running_fake_imds() as fake:
+        print(fake.url, flush=True)
+        await trio.sleep_forever()
+
+
+if __name__ == "__main__":
+    try:
+        trio.run(_main)
+    except* KeyboardInterrupt:
+        pass  # Ctrl-C: the normal way to stop it

@@ -20,6 +20,7 @@ Records decoded JSON bodies in `handshakes` and `heartbeats` (also the unanswere
 from __future__ import annotations
 
 import functools
+import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -118,3 +119,23 @@ async def running_fake_webserver(**kwargs: Any) -> AsyncIterator[FakeWebserver]:
     async with serve_on_loopback(fake.app) as url:
         fake.url = url
         yield fake
+
+
+async def _main() -> None:
+    """`python -m tests.fakes.webserver`: print the URL, then each call as a JSON line."""
+    async with running_fake_webserver() as fake:
+        print(fake.url, flush=True)
+        shown = {"handshake": 0, "heartbeat": 0}
+        while True:
+            await fake.wait_for_heartbeats(shown["heartbeat"] + 1)
+            for kind, calls in (("handshake", fake.handshakes), ("heartbeat", fake.heartbeats)):
+                for call in calls[shown[kind] :]:
+                    print(json.dumps({kind: call}), flush=True)
+                shown[kind] = len(calls)
+
+
+if __name__ == "__main__":
+    try:
+        trio.run(_main)
+    except* KeyboardInterrupt:
+        pass  # Ctrl-C: the normal way to stop it
