@@ -16,6 +16,7 @@ mount there is somebody's Drive): only `rmdir` of directories that are empty.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -183,21 +184,29 @@ class CloudStorage:
         logger.info("cloud storage mounted", extra={**context, "mount_point": str(mount_point)})
         return mount_point
 
-    async def unmount_container(self, host_port: int, *, drain: bool = True) -> None:
+    async def unmount_container(
+        self, host_port: int, *, drain: bool = True, container_id: str | None = None
+    ) -> None:
         """Unmount (lazily) everything of this host port, remove its files. Never raises.
 
         With `drain`, first waits (at most `drain_timeout` for the whole port) until rclone
         has uploaded what the container wrote: a container often dies right after its user
         saved a file, within the write-back delay, and unmounting would drop that upload.
+
+        With `container_id` (the container that died), a mount made for another container
+        is left alone: the providers are released one after the other, and while one drains,
+        Docker may already have given the port to a new container that mounted the other.
         """
         deadline = trio.current_time() + (self._drain_timeout if drain else 0.0)
         for provider in PROVIDERS:
             key = (host_port, provider)
             try:
                 async with self._locks[key]:
-                    if key in self._mounts:
-                        await self._drain(key, deadline)
-                    await self._release(key)
+                    current = self._mounts.get(key)
+                    if current is None or container_id in (None, current.container_id):
+                        if current is not None:
+                            await self._drain(key, deadline)
+                        await self._release(key)
             except Exception:
                 logger.exception("cloud storage cleanup failed", extra={"host_port": host_port})
             self._forget_lock(key)
@@ -207,8 +216,13 @@ class CloudStorage:
     async def unmount_all(self) -> None:
         """At shutdown: every mount of ours and every leftover. Never raises."""
         # No draining: the shutdown has a small budget and must unmount every container.
-        for host_port in sorted({host_port for host_port, _ in self._mounts}):
-            await self.unmount_container(host_port, drain=False)
+        # Side by side: one hung FUSE mount, whose unmount tools each wait out their limit,
+        # must not use up the budget that every other container's unmount needs.
+        async with trio.open_nursery() as nursery:
+            for host_port in sorted({host_port for host_port, _ in self._mounts}):
+                nursery.start_soon(
+                    functools.partial(self.unmount_container, host_port, drain=False)
+                )
         await self.remove_leftovers()
 
     async def remove_leftovers(self) -> None:

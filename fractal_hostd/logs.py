@@ -137,6 +137,21 @@ class RedactingFilter(logging.Filter):
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
+        # A filter that raises propagates into the logging call (logging guards only emit()):
+        # a log line with the wrong arguments, or a value whose str() fails, would then crash
+        # the task that logged, often from inside its own error handling. Logging never raises,
+        # so that record becomes one safe line instead (without its arguments: they are what
+        # could not be checked for secrets).
+        try:
+            self._redact(record)
+        except Exception as exc:
+            record.msg = f"unloggable record at {record.pathname}:{record.lineno}: {exc!r}"
+            record.args = None
+            record.exc_info = record.exc_text = record.stack_info = None
+            record.msg = redact_text(record.msg)
+        return True
+
+    def _redact(self, record: logging.LogRecord) -> None:
         message = record.getMessage()
         redacted = redact_text(message)
         if redacted != message:
@@ -149,7 +164,6 @@ class RedactingFilter(logging.Filter):
             record.exc_text = redact_text(record.exc_text)
         if record.stack_info:
             record.stack_info = redact_text(record.stack_info)
-        return True
 
 
 def _rfc3339(created: float) -> str:

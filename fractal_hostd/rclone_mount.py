@@ -11,21 +11,34 @@ import os
 from pathlib import Path
 
 import trio
+from trio.lowlevel import RunVar
 
 from fractal_hostd.mountinfo import is_mounted, read_mounts
 from fractal_hostd.rclone_config import scrub
+from fractal_hostd.sdnotify import without_notify_env
 
 logger = logging.getLogger(__name__)
 
 FUSE_RCLONE = "fuse.rclone"
 MOUNT_POLL_INTERVAL = 0.05
 HEALTH_CHECK_LIMIT = 2.0
+# A stat of a hung FUSE mount never returns, and an abandoned thread keeps its limiter token
+# until it does. On trio's default limiter (40 threads, shared by the whole process) enough
+# health checks of one hung mount would leave no thread for anything else: mountinfo reads,
+# file work, the Sentry flush. The checks get a few threads of their own instead.
+HEALTH_CHECK_THREADS = 4
+_health_check_limiter: RunVar[trio.CapacityLimiter] = RunVar("health_check_limiter")
 
 
 async def run_mount_command(argv: list[str], secrets: list[str]) -> str | None:
     """None once `rclone mount --daemon` exited 0, else why not (scrubbed of `secrets`)."""
-    # RCLONE_* variables of the service's own environment would override our config file.
-    env = {name: value for name, value in os.environ.items() if not name.startswith("RCLONE_")}
+    # RCLONE_* variables of the service's own environment would override our config file;
+    # rclone speaks sd_notify too (READY=1 once mounted): systemd must hear only us.
+    env = {
+        name: value
+        for name, value in without_notify_env(os.environ).items()
+        if not name.startswith("RCLONE_")
+    }
     try:
         result = await trio.run_process(
             argv, stdin=b"", capture_stdout=True, capture_stderr=True, check=False, env=env
@@ -49,9 +62,17 @@ async def wait_until_mounted(mountinfo: Path, mount_point: Path) -> None:
 
 async def mount_answers(mount_point: Path) -> bool:
     """False when the FUSE daemon behind a listed mount is gone (stat fails: ENOTCONN)."""
+    try:
+        limiter = _health_check_limiter.get()
+    except LookupError:
+        limiter = trio.CapacityLimiter(HEALTH_CHECK_THREADS)
+        _health_check_limiter.set(limiter)
+    # All of them stuck on hung mounts: waiting for one times out like a slow mount.
     with trio.move_on_after(HEALTH_CHECK_LIMIT):
         try:
-            await trio.to_thread.run_sync(os.stat, mount_point, abandon_on_cancel=True)
+            await trio.to_thread.run_sync(
+                os.stat, mount_point, abandon_on_cancel=True, limiter=limiter
+            )
         except OSError as exc:
             reason = errno.errorcode.get(exc.errno or 0, str(exc.errno))
             logger.warning("mount %s does not answer: %s", mount_point, reason)

@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import stat
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import trio
 
+from fractal_hostd import rclone_mount
 from fractal_hostd.cloud_storage import CloudStorage, MountFailed, OAuthToken
 from tests.cloud_storage_fixtures import (
     ACCESS_TOKEN,
@@ -326,6 +329,19 @@ async def test_service_rclone_variables_do_not_reach_rclone(
     assert "RCLONE_CONFIG" not in call["env"]
 
 
+async def test_systemd_notify_variables_do_not_reach_rclone(
+    storage: CloudStorage, tools: FakeTools, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # rclone mount sends READY=1 (and would ping a watchdog) to $NOTIFY_SOCKET itself.
+    monkeypatch.setenv("NOTIFY_SOCKET", "/run/systemd/notify")
+    monkeypatch.setenv("WATCHDOG_USEC", "30000000")
+    monkeypatch.setenv("WATCHDOG_PID", "1")
+    await mount(storage)
+
+    [call] = tools.calls("rclone")
+    assert not {"NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"} & set(call["env"])
+
+
 async def test_unmount_container_unmounts_lazily_and_removes_files_and_dirs(
     storage: CloudStorage, tools: FakeTools, root: Path, config_dir: Path
 ) -> None:
@@ -454,6 +470,24 @@ async def test_unmount_all_unmounts_every_container(
     assert files_under(config_dir) == []
 
 
+async def test_unmount_all_is_not_held_up_by_one_hanging_unmount_tool(
+    tools: FakeTools, root: Path, config_dir: Path
+) -> None:
+    # fusermount3 hangs (a wedged FUSE mount); fusermount, the fallback, works. Each hang
+    # costs the per-command limit: one after the other, two containers need two of them,
+    # more than the shutdown budget allows.
+    storage = tools.storage(root, config_dir, unmount_timeout=1.0)
+    first = await mount(storage, host_port=32768)
+    second = await mount(storage, "dropbox", host_port=32769)
+    tools.behave("fusermount3", sleep=30)
+
+    with trio.move_on_after(1.9):  # the supervisor's bound: < 2 x the per-command limit
+        await storage.unmount_all()
+
+    unmounted = {call["argv"][-1] for call in tools.calls("fusermount")}
+    assert unmounted >= {str(first), str(second)}
+
+
 def mark_upload_pending(
     config_dir: Path, provider: str, dirty: bool = True, content: str | None = None
 ) -> Path:
@@ -495,6 +529,33 @@ async def test_unmount_waits_for_pending_uploads(
     messages = [r.getMessage() for r in caplog.records]
     assert "waiting for 1 pending upload(s) before unmounting" in messages
     assert "pending uploads finished" in messages
+
+
+async def test_unmount_of_a_dead_container_spares_a_new_containers_mount_on_its_port(
+    tools: FakeTools, root: Path, config_dir: Path
+) -> None:
+    storage = tools.storage(root, config_dir, drain_timeout=10.0)
+    await mount(storage)
+    mark_upload_pending(config_dir, "google_drive")
+    new_mount: list[Path] = []
+
+    async def port_reused_while_draining() -> None:
+        await trio.sleep(0.3)  # the old container's Drive upload is being waited for
+        # Docker gave the port to a new container, whose user mounts Dropbox.
+        new_mount.append(await mount(storage, "dropbox", container_id=OTHER_CONTAINER_ID))
+        mark_upload_pending(config_dir, "google_drive", dirty=False)
+
+    with trio.fail_after(LIMIT):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(port_reused_while_draining)
+            await storage.unmount_container(PORT, container_id=CONTAINER_ID)
+
+    assert storage.mounted_providers(PORT) == ["dropbox"]
+    assert [c["argv"][-1] for c in tools.calls("fusermount3")] == [
+        str(storage.mount_point(PORT, "google_drive"))
+    ]
+    assert new_mount == [storage.mount_point(PORT, "dropbox")]
+    assert f"{new_mount[0]} " in tools.mounted().replace("\\040", " ")
 
 
 async def test_unmount_gives_up_waiting_for_uploads_after_the_drain_timeout(
@@ -542,3 +603,33 @@ async def test_unmount_does_not_wait_for_uploads_of_a_mount_that_is_gone(
 
     pending = [r.getMessage() for r in caplog.records if "pending" in r.getMessage()]
     assert pending == ["unmounting with 1 upload(s) still pending"]
+
+
+async def test_health_checks_of_a_hung_mount_cannot_use_up_the_process_threads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, autojump_clock: trio.testing.MockClock
+) -> None:
+    # A FUSE mount whose daemon hangs: stat() on it never returns (until released here).
+    hung = tmp_path / "hung-mount"
+    hung.mkdir()
+    release = threading.Event()
+    real_stat = os.stat
+
+    def stat(path: object, *args: object, **kwargs: object) -> os.stat_result:
+        if isinstance(path, str | os.PathLike) and os.fspath(path) == str(hung):
+            release.wait(timeout=30)
+        return real_stat(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "stat", stat)
+    default_limiter = trio.to_thread.current_default_thread_limiter()
+    try:
+        with trio.fail_after(1000):
+            for _ in range(int(default_limiter.total_tokens) + 5):  # a refresh request each
+                assert await rclone_mount.mount_answers(hung)  # slow is still mounted
+        # Abandoned threads keep their tokens until they end: none of them is trio's own, so
+        # the rest of the service (mountinfo reads, file work, Sentry flush) still has threads.
+        assert default_limiter.borrowed_tokens == 0
+    finally:
+        release.set()
+        health_limiter = rclone_mount._health_check_limiter.get(None)
+        while health_limiter is not None and health_limiter.borrowed_tokens:
+            await trio.sleep(0.01)  # the hung threads end and hand back their tokens

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import httpx
 import pytest
 import trio
 
@@ -351,6 +352,8 @@ async def test_unreachable_at_start_up_is_fatal_after_the_budget(
             fake_client, lifecycle, unreachable_budget=30.0, status=DockerStatus()
         )
     assert "refused" in repr(fatal.value.last_error)
+    # The traceback of the last failure travels with the fatal error (Sentry, the log).
+    assert fatal.value.__cause__ is fatal.value.last_error
     assert trio.current_time() == pytest.approx(30.0, abs=0.01)
 
 
@@ -370,3 +373,33 @@ def test_cursor_resumes_at_the_last_time_and_drops_repeats() -> None:
     assert cursor.accept({**event, "timeNano": 5})  # clock went back: still remembered
     assert cursor.since == "1700000000.000000123"
     assert format_since(5) == "0.000000005"
+
+
+async def test_a_stream_that_drops_at_once_is_reconnected_with_growing_backoff(
+    lifecycle: RecordingLifecycle, autojump_clock: trio.testing.MockClock
+) -> None:
+    # A dockerd (or a proxy in front of it) that answers every call but ends each `/events`
+    # response at once: every connection becomes "ready", yet none lasts.
+    subscriptions: list[float] = []
+
+    class EndsAtOnce(httpx.AsyncByteStream):
+        async def __aiter__(self) -> AsyncIterator[bytes]:
+            await trio.lowlevel.checkpoint()
+            return
+            yield b""  # an async generator that yields nothing
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/events"):
+            subscriptions.append(trio.current_time())
+            return httpx.Response(200, stream=EndsAtOnce())
+        return httpx.Response(200, json=[])
+
+    status = DockerStatus()
+    async with DockerClient("/unused", transport=httpx.MockTransport(handler)) as client:
+        with trio.move_on_after(60):
+            await run_event_stream(client, lifecycle, unreachable_budget=120.0, status=status)
+    # Backoff 0.1 s doubling to its 5 s cap (full jitter): a few dozen reconnects a minute
+    # (60 would need the jitter ~7 standard deviations low), not one every ~0.1 s (which a
+    # reset on every successful subscription gave: ~800).
+    assert 5 <= len(subscriptions) <= 60
+    assert status.reconnects == len(subscriptions) - 1

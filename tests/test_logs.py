@@ -214,3 +214,30 @@ def test_redaction_keeps_the_template_when_nothing_is_masked() -> None:
     )
     logs.RedactingFilter().filter(record)
     assert record.getMessage() == f"got token={FILTERED}"
+
+
+def test_a_broken_log_call_never_raises_nor_leaks_its_arguments(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    class Unprintable:
+        def __str__(self) -> str:
+            raise ValueError("no text for this one")
+
+    logs.setup_logging(fmt="json", level="info")
+    root = logging.getLogger()
+    # As in production, only the service's handler: pytest's own would fail on these records.
+    root.handlers[:] = [h for h in root.handlers if isinstance(h, logs._ServiceHandler)]
+    log = logging.getLogger("t")
+    try:
+        raise RuntimeError("the error being handled")
+    except RuntimeError:
+        # Both would raise out of the filter, i.e. out of the logging call, into the caller.
+        log.exception("handling %s for %s failed", f"token={SECRET}")
+    log.warning("value: %s", Unprintable())
+    err = capsys.readouterr().err
+    assert SECRET not in err
+    first, second = json_lines(err)
+    assert "unloggable record" in str(first["msg"])
+    assert "TypeError" in str(first["msg"])
+    assert "unloggable record" in str(second["msg"])
+    assert "no text" in str(second["msg"])

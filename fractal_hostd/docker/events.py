@@ -56,6 +56,10 @@ CONTAINER_EVENTS: dict[str, list[str]] = {
 
 
 _READER_BATCH = 64
+# A connection must stay up this long before the reconnect backoff starts small again: a
+# dockerd (or proxy) that accepts, answers the listing and drops the stream at once would
+# otherwise be reconnected to (and fully reconciled) at the backoff's initial delay forever.
+STABLE_SESSION = 30.0
 
 
 class DockerUnreachableFatal(Exception):
@@ -268,11 +272,12 @@ async def run_event_stream(
     backoff = backoff or Backoff()
     started = False
     down_since: float | None = None  # when dockerd last became unusable
+    ready_at: float | None = None  # when the current connection became ready
 
     def on_ready() -> None:
-        nonlocal started
+        nonlocal started, ready_at
         status.connected = True
-        backoff.reset()
+        ready_at = trio.current_time()
         if not started:
             started = True
             task_status.started()
@@ -288,6 +293,9 @@ async def run_event_stream(
         was_ready = status.connected
         status.connected = False
         now = trio.current_time()
+        if ready_at is not None and now - ready_at >= STABLE_SESSION:
+            backoff.reset()
+        ready_at = None
         if was_ready:
             down_since = now
             logger.warning("Docker event stream lost: %s", error)
@@ -297,5 +305,6 @@ async def run_event_stream(
         else:
             logger.debug("Docker still not usable: %s", error)
         if now - down_since >= unreachable_budget:
-            raise DockerUnreachableFatal(unreachable_budget, error)
+            # Chained: Sentry and the log then show where the last failing call failed.
+            raise DockerUnreachableFatal(unreachable_budget, error) from error
         await trio.sleep(min(backoff.next_delay(), down_since + unreachable_budget - now))

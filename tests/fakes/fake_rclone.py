@@ -14,11 +14,14 @@ the real daemon's mount does to /proc/self/mountinfo); a successful unmount remo
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import stat
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -44,21 +47,32 @@ def write_atomically(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+@contextlib.contextmanager
+def exclusive(mountinfo: Path) -> Iterator[None]:
+    """Tools run side by side (unmount_all): no read-modify-write may lose another's change,
+    as the kernel's own mount table never does."""
+    with open(mountinfo.with_name(mountinfo.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
 def add_mount(mountinfo: Path, mount_point: str, source: str) -> None:
-    lines = mountinfo.read_text().splitlines()
-    number = 1000 + len(lines)
-    lines.append(
-        f"{number} 27 0:{number} / {escape(mount_point)} rw,nosuid,nodev,relatime "
-        f"- fuse.rclone {source} rw,user_id=0,group_id=0,allow_other"
-    )
-    write_atomically(mountinfo, "\n".join(lines) + "\n")
+    with exclusive(mountinfo):
+        lines = mountinfo.read_text().splitlines()
+        number = 1000 + len(lines)
+        lines.append(
+            f"{number} 27 0:{number} / {escape(mount_point)} rw,nosuid,nodev,relatime "
+            f"- fuse.rclone {source} rw,user_id=0,group_id=0,allow_other"
+        )
+        write_atomically(mountinfo, "\n".join(lines) + "\n")
 
 
 def remove_mount(mountinfo: Path, mount_point: str) -> bool:
-    lines = mountinfo.read_text().splitlines()
-    kept = [line for line in lines if line.split(" ")[4:5] != [escape(mount_point)]]
-    write_atomically(mountinfo, "".join(line + "\n" for line in kept))
-    return len(kept) != len(lines)
+    with exclusive(mountinfo):
+        lines = mountinfo.read_text().splitlines()
+        kept = [line for line in lines if line.split(" ")[4:5] != [escape(mount_point)]]
+        write_atomically(mountinfo, "".join(line + "\n" for line in kept))
+        return len(kept) != len(lines)
 
 
 def main() -> int:
