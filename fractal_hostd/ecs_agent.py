@@ -46,6 +46,9 @@ DEFAULT_ECS_CONFIG_PATH = Path("/etc/ecs/ecs.config")
 RESTART_MAX_RETRIES = 10
 _CONFLICT_ATTEMPTS = 100  # x _CONFLICT_RETRY_DELAY: how long another creator may take
 _CONFLICT_RETRY_DELAY = 0.05
+# A subscription must last this long before the re-subscription backoff starts small again:
+# a stream that dockerd ends at once would otherwise be re-opened every ~0.25 s, forever.
+STABLE_SUBSCRIPTION = 60.0
 
 # Host directories (relative to the host root) and where the agent sees them.
 AGENT_BINDS: tuple[tuple[str, str], ...] = (
@@ -288,7 +291,7 @@ async def run_ecs_agent(
 ) -> NoReturn:
     """Child task: start the agent (`started(container_id)`), then report each of its deaths.
 
-    Errors before `started` (image missing, bad ecs.config, Docker errors) propagate: the
+    Errors before `started` (image missing, bad ecs.config, Docker errors) are EcsAgentError: the
     supervisor treats them as fatal. Afterwards stream errors only cause a re-subscription.
     """
     filters = {"type": ["container"], "container": [container_name], "event": ["die"]}
@@ -297,9 +300,11 @@ async def run_ecs_agent(
     subscribed_since = format_since(time.time_ns())
     started = False
     while True:
+        subscribed_at: float | None = None
         try:
             since = cursor.since or subscribed_since
             async with client.events(filters=filters, since=since) as events:
+                subscribed_at = trio.current_time()
                 logger.debug("watching ECS agent container %s (since %s)", container_name, since)
                 if not started:
                     container_id = await start_ecs_agent(
@@ -312,7 +317,6 @@ async def run_ecs_agent(
                     )
                     task_status.started(container_id)
                     started = True
-                backoff.reset()
                 async for event in events:
                     death = agent_death(event)
                     if death is not None and cursor.accept(event):
@@ -320,8 +324,11 @@ async def run_ecs_agent(
             logger.warning("the ECS agent event stream ended; subscribing again")
         except (DockerUnreachable, DockerError) as exc:
             if not started:
-                raise
+                # Without the agent no task can land here: a fatal condition, not a crash.
+                raise EcsAgentError(f"could not start the ECS agent: {exc}") from exc
             logger.warning("ECS agent event stream failed (%r); subscribing again", exc)
+        if subscribed_at is not None and trio.current_time() - subscribed_at >= STABLE_SUBSCRIPTION:
+            backoff.reset()
         await trio.sleep(backoff.next_delay())
 
 

@@ -146,7 +146,8 @@ class ImdsClient(OwnsHttpClient):
         except httpx.TimeoutException as exc:
             raise ImdsError(f"IMDS timed out on {method} {url}") from exc
         except httpx.HTTPError as exc:
-            raise ImdsError(f"IMDS unreachable on {method} {url}: {type(exc).__name__}") from exc
+            # The error first: "…/api/token: X" would read as a secret to the log redaction.
+            raise ImdsError(f"IMDS unreachable ({type(exc).__name__}) on {method} {url}") from exc
 
 
 # Field of InstanceMetadata -> IMDS path. public-ipv4 is optional: 404 is normal without one.

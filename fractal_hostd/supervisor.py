@@ -63,6 +63,7 @@ FATAL_ERRORS: tuple[type[BaseException], ...] = (
 )
 # Local cleanup (unmounts, private dir) comes before the report and has its own bound.
 LOCAL_CLEANUP_TIMEOUT = 5.0
+UNMOUNT_TOOL_TIMEOUT = 1.5
 EXIT_CONFIG_ERROR = 2
 API_GRACEFUL_TIMEOUT = 3.0
 
@@ -98,7 +99,10 @@ class Service:
         self.metrics = Metrics()
         self.registry = ContainerRegistry()
         self.cloud_storage = CloudStorage(
-            root=config.root, config_dir=config.private_dir / "rclone"
+            root=config.root,
+            config_dir=config.private_dir / "rclone",
+            # Small enough that all fallback unmount tools fit in the local-cleanup budget.
+            unmount_timeout=UNMOUNT_TOOL_TIMEOUT,
         )
         self.lifecycle = ContainerLifecycle(
             mappings_dir=config.mappings_dir, registry=self.registry, on_gone=self._on_gone
@@ -324,19 +328,27 @@ class Service:
             return
         # Unmounting waits (bounded) for the container's last uploads: never hold the Docker
         # event stream for that. If shutdown cancels it, unmount_all finishes the job.
-        self._children.start_soon(self.cloud_storage.unmount_container, record.host_port)
+        self._children.start_soon(
+            functools.partial(
+                self.cloud_storage.unmount_container, record.host_port, container_id=record.id
+            )
+        )
 
     async def _clean_up_locally(self) -> None:
         """Contract §7 step 2: unmount cloud storage, remove the private directory.
 
         Mapping directories of running containers stay: a restart adopts them.
         """
-        with trio.move_on_after(LOCAL_CLEANUP_TIMEOUT, shield=True) as scope:
+        # Separate bounds: a hung unmount must not keep the private directory (TLS key, rclone
+        # configs with refresh tokens) on disk.
+        with trio.move_on_after(LOCAL_CLEANUP_TIMEOUT - 1, shield=True) as unmounting:
             await self.cloud_storage.unmount_all()
-            await trio.to_thread.run_sync(
-                shutil.rmtree,
-                self.config.private_dir,
-                True,  # ignore_errors
+        if unmounting.cancelled_caught:
+            logger.error(
+                "unmounting cloud storage cut short after %.0f s", LOCAL_CLEANUP_TIMEOUT - 1
             )
-        if scope.cancelled_caught:
-            logger.error("local cleanup cut short after %.0f s", LOCAL_CLEANUP_TIMEOUT)
+        with trio.move_on_after(1, shield=True):
+            await trio.to_thread.run_sync(
+                functools.partial(shutil.rmtree, self.config.private_dir, ignore_errors=True),
+                abandon_on_cancel=True,
+            )

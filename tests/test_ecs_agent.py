@@ -11,6 +11,7 @@ test.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import secrets
 import tempfile
@@ -18,6 +19,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import trio
 
@@ -25,6 +27,7 @@ from fractal_hostd.docker.client import DockerClient, DockerNotFound
 from fractal_hostd.ecs_agent import (
     FIXED_AGENT_ENV,
     AgentDeath,
+    EcsAgentError,
     EcsAgentImageMissing,
     EcsConfigError,
     agent_container_body,
@@ -429,3 +432,41 @@ async def test_run_reports_deaths_including_those_while_the_stream_was_down(
             nursery.cancel_scope.cancel()
     assert reported_exit_codes() == [3, 4]
     assert "subscribing again" in caplog.text
+
+
+async def test_a_stream_that_ends_at_once_is_resubscribed_with_growing_backoff(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # dockerd answers everything, the agent runs, but every `/events` response ends at once.
+    subscriptions: list[float] = []
+
+    class EndsAtOnce(httpx.AsyncByteStream):
+        async def __aiter__(self) -> AsyncIterator[bytes]:
+            await trio.lowlevel.checkpoint()
+            return
+            yield b""  # an async generator that yields nothing
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/events"):
+            subscriptions.append(trio.current_time())
+            return httpx.Response(200, stream=EndsAtOnce())
+        running = {"Id": "agent-id", "State": {"Status": "running"}, "Config": {"Image": "x"}}
+        return httpx.Response(200, json=running)
+
+    async with (
+        DockerClient("/unused", transport=httpx.MockTransport(handler)) as client,
+        trio.open_nursery() as nursery,
+    ):
+        await nursery.start(functools.partial(run_ecs_agent, client, image="x"))
+        await trio.sleep(120)
+        nursery.cancel_scope.cancel()
+    # Backoff 0.5 s doubling to its 30 s cap: about a dozen subscriptions in two minutes (40
+    # would need the jitter ~8 standard deviations low), not one every ~0.25 s (~500) as when
+    # every subscription reset the backoff.
+    assert 4 <= len(subscriptions) <= 40
+
+
+async def test_docker_unreachable_before_the_start_is_a_fatal_agent_error(tmp_path: Path) -> None:
+    async with DockerClient(str(tmp_path / "no-docker.sock")) as client:
+        with trio.fail_after(10), pytest.raises(EcsAgentError, match="could not start the ECS"):
+            await run_ecs_agent(client, image="amazon/amazon-ecs-agent:latest")

@@ -230,3 +230,12 @@ def test_local_metadata_is_static_and_named_after_the_host() -> None:
 def test_token_ttl_is_validated() -> None:
     with pytest.raises(ValueError, match="token_ttl"):
         ImdsClient("http://imds", token_ttl=0)
+
+
+async def test_an_unreachable_imds_is_named_in_logs_not_redacted_away() -> None:
+    from fractal_hostd.logs import redact_text
+
+    async with ImdsClient("http://127.0.0.1:9") as client:
+        with trio.fail_after(10), pytest.raises(MetadataUnavailable) as info:
+            await fetch_metadata(client, attempts=1)
+    assert "ConnectError" in redact_text(str(info.value))
