@@ -22,6 +22,7 @@ class InstanceMetadata:
     region: str
     availability_zone: str
     public_ipv4: str | None
+    local_ipv4: str | None = None  # for the TLS certificate's SAN; not part of any contract call
 
 
 @dataclass(frozen=True)

@@ -159,7 +159,7 @@ _REQUIRED_PATHS = {
     "region": "placement/region",
     "availability_zone": "placement/availability-zone",
 }
-_OPTIONAL_PATHS = {"public_ipv4": "public-ipv4"}
+_OPTIONAL_PATHS = {"public_ipv4": "public-ipv4", "local_ipv4": "local-ipv4"}
 
 
 async def fetch_metadata(
@@ -237,4 +237,5 @@ def _metadata_from(found: dict[str, str | None]) -> InstanceMetadata:
         region=required("region"),
         availability_zone=required("availability_zone"),
         public_ipv4=found["public_ipv4"],
+        local_ipv4=found["local_ipv4"],
     )

@@ -284,7 +284,7 @@ class Service:
         register_secret(secret)
         cert = generate_certificate(
             config.private_dir,
-            extra_names=[ip for ip in (metadata.public_ipv4,) if ip],
+            extra_names=[ip for ip in (metadata.local_ipv4, metadata.public_ipv4) if ip],
         )
         app = create_app(
             state=self.state,

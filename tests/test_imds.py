@@ -42,6 +42,7 @@ async def test_fetch_metadata_uses_a_v2_token() -> None:
     assert metadata.region == "us-east-1"
     assert metadata.availability_zone == "us-east-1a"
     assert metadata.public_ipv4 == "203.0.113.7"
+    assert metadata.local_ipv4 == "10.1.2.3"
     assert imds.token_requests == 1
     assert imds.requests[0] == ("PUT", "/latest/api/token", 200)
     assert all(status == 200 for _, _, status in imds.requests)

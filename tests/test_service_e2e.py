@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 import pytest
 import trio
+from cryptography import x509
 
 from tests.service_harness import (
     AUTH_SECRET,
@@ -89,6 +90,11 @@ async def test_ready_then_signal_sends_dying_heartbeat_and_exits_0(
             ) as client:
                 health = await client.get(f"{url.replace('127.0.0.1', 'localhost')}/health")
             assert (health.status_code, health.json()) == (200, {"status": "ok"})
+            san = x509.load_pem_x509_certificate(
+                cert.read_bytes()
+            ).extensions.get_extension_for_class(x509.SubjectAlternativeName)
+            addresses = {str(ip) for ip in san.value.get_values_for_type(x509.IPAddress)}
+            assert {"127.0.0.1", "10.1.2.3", "203.0.113.7"} <= addresses  # loopback + host's
 
             service.send_signal(signum)
             code, shutdown = await _exit(service)

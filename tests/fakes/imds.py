@@ -46,6 +46,7 @@ DEFAULT_METADATA = {
     "placement/region": "us-east-1",
     "placement/availability-zone": "us-east-1a",
     "public-ipv4": "203.0.113.7",
+    "local-ipv4": "10.1.2.3",
 }
 
 SPOT_PATH = "spot/instance-action"
