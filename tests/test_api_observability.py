@@ -47,6 +47,8 @@ async def test_metrics_expose_state_counters_and_request_stats(tmp_path: Path) -
     answer = await client.get("/metrics", headers=AUTH)
     assert answer.status_code == 200
     assert answer.mimetype == "text/plain"
+    # The exact type docs/api.md names (prometheus-client's CONTENT_TYPE_LATEST).
+    assert answer.headers["Content-Type"] == "text/plain; version=1.0.0; charset=utf-8"
     samples = _samples((await answer.get_data()).decode())
     expected = {
         ("fractal_hostd_managed_containers", ()): 2,

@@ -16,8 +16,15 @@ from pathlib import Path
 import httpx
 import pytest
 import trio
+from hypercorn.typing import (
+    ASGIReceiveCallable,
+    ASGIReceiveEvent,
+    ASGISendCallable,
+    ASGISendEvent,
+    Scope,
+)
 
-from fractal_hostd.api.server import hypercorn_config, serve_api
+from fractal_hostd.api.server import _ShieldedSend, hypercorn_config, serve_api
 from fractal_hostd.containers.registry import ContainerRecord
 from fractal_hostd.tls import TlsFiles, generate_certificate
 from tests.api_fixtures import AUTH, Api, make_api
@@ -118,6 +125,30 @@ async def test_tls_1_2_and_1_3_are_accepted(tmp_path: Path) -> None:
                     assert (await client.get("/health")).status_code == 200
 
 
+async def test_an_http2_request_answered_before_its_body_ends_does_not_stop_the_server(
+    tmp_path: Path,
+) -> None:
+    """hypercorn's HTTP/2 code raises KeyError for DATA on a stream it already answered
+    (a 413 for an oversized body, a 404 for an unknown path): that used to escape the
+    connection and end the whole server, and with it the service."""
+    with trio.fail_after(TIMEOUT):
+        async with running_api(tmp_path) as running:
+            verify = ssl.create_default_context(cafile=str(running.tls.certfile))
+            for path in ("/set_container_dpi", "/no_such_path"):
+                async with httpx.AsyncClient(
+                    base_url=running.url, verify=verify, http2=True
+                ) as client:
+                    try:
+                        answer = await client.put(path, content=b" " * 200_000, headers=AUTH)
+                    except httpx.TransportError:
+                        pass  # the connection may be dropped; the server must live on
+                    else:
+                        assert answer.status_code in (404, 413)
+            async with httpx.AsyncClient(base_url=running.url, verify=verify, http2=True) as c:
+                answer = await c.get("/health")
+            assert (answer.http_version, answer.status_code) == ("HTTP/2", 200)
+
+
 async def test_an_in_flight_request_completes_during_graceful_shutdown(tmp_path: Path) -> None:
     """The request waits for its container; shutdown starts; the container appears: 200."""
     with trio.fail_after(TIMEOUT):
@@ -179,6 +210,32 @@ async def test_an_idle_keep_alive_connection_does_not_hold_up_shutdown(tmp_path:
             assert (await client.get("/health")).status_code == 200
             stop.set()
         await client.aclose()
+
+
+async def test_the_shielded_last_send_gives_up_after_its_limit(autojump_clock: object) -> None:
+    """Over HTTP/2 the last send waits for the client's flow-control window. Shielded without
+    a bound, a client advertising a window of 0 held it out of reach of the graceful
+    timeout's cancel, and a SIGTERM never ended the service (seen with a real h2 client)."""
+    blocked_for: list[float] = []
+
+    async def app(scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable) -> None:
+        await send({"type": "http.response.body", "body": b"{}", "more_body": False})
+
+    async def window_never_opens(message: ASGISendEvent) -> None:
+        started = trio.current_time()
+        try:
+            with trio.move_on_after(3600):  # a regression ends here instead of hanging
+                await trio.sleep_forever()
+        finally:
+            blocked_for.append(trio.current_time() - started)
+
+    async def receive() -> ASGIReceiveEvent:
+        raise AssertionError("not called")
+
+    with trio.CancelScope() as graceful_timeout_expired:
+        graceful_timeout_expired.cancel()
+        await _ShieldedSend(app, limit=3.0)({"type": "http"}, receive, window_never_opens)  # type: ignore[arg-type]
+    assert blocked_for == [3.0]
 
 
 def _has_ipv6_loopback() -> bool:
