@@ -9,6 +9,7 @@ allowed; the CLI prints that one line and exits 2.
 from __future__ import annotations
 
 import enum
+import ipaddress
 import math
 import os
 from collections.abc import Mapping
@@ -231,14 +232,16 @@ class _Parser:
         value = self.raw(name) or default
         host, sep, port_text = value.rpartition(":")
         host = host.removeprefix("[").removesuffix("]")
-        if not sep or not host or not port_text.isdigit() or int(port_text) > 65535:
+        if not sep or not _is_ip_address(host) or not port_text.isdigit() or int(port_text) > 65535:
             raise ConfigError(
-                f"{name}={value!r} is not allowed; use HOST:PORT with a port 0-65535 "
-                "(e.g. 0.0.0.0:4678, [::]:4678)"
+                f"{name}={value!r} is not allowed; use IP:PORT with an IP address of this "
+                "host and a port 0-65535 (e.g. 0.0.0.0:4678, 127.0.0.1:0, [::]:4678)"
             )
         return host, int(port_text)
 
     def url(self, name: str, default: str) -> str:
+        if name in self.env and not self.env[name].strip():
+            return ""  # set but empty: disabled on purpose, whatever the environment's default
         value = self.raw(name)
         if value is None:
             return default
@@ -312,6 +315,16 @@ class _Parser:
             raise ConfigError(
                 "SENTRY_DSN is not allowed: it must look like https://<key>@<host>/<project>"
             )
+
+
+def _is_ip_address(host: str) -> bool:
+    # Addresses only: a name would need a DNS lookup to validate, and the API binds to
+    # addresses of this host anyway.
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def _read_secret_file(what: str, path: Path) -> str:

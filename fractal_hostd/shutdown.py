@@ -112,6 +112,7 @@ class ShutdownReport:
         log(
             "shutting down: %s",
             cause.reason,
+            exc_info=cause.error,  # the traceback in the journal too, not only in Sentry
             extra={"shutdown_kind": cause.kind, NO_SENTRY_EVENT: True},
         )
         with trio.move_on_after(self._timeout, shield=True) as budget:

@@ -54,12 +54,18 @@ from fractal_hostd.webserver import HandshakeFailed, WebserverClient
 
 logger = logging.getLogger(__name__)
 
+
+class ApiUnavailable(Exception):
+    """The HTTPS API cannot listen where it is configured to."""
+
+
 # Conditions that end the service on purpose; anything else escaping a child is a crash.
 FATAL_ERRORS: tuple[type[BaseException], ...] = (
     MetadataUnavailable,
     HandshakeFailed,
     DockerUnreachableFatal,
     EcsAgentError,
+    ApiUnavailable,
 )
 # Local cleanup (unmounts, private dir) comes before the report and has its own bound.
 LOCAL_CLEANUP_TIMEOUT = 5.0
@@ -295,17 +301,27 @@ class Service:
             cloud_storage=self.cloud_storage,
             container_wait=config.container_wait,
         )
-        url = await outer.start(
-            functools.partial(
-                serve_api,
-                app,
-                bind=config.api_bind,
-                certfile=cert.certfile,
-                keyfile=cert.keyfile,
-                shutdown_trigger=self._api_stop.wait,
-                graceful_timeout=API_GRACEFUL_TIMEOUT,
+        try:
+            url = await outer.start(
+                functools.partial(
+                    serve_api,
+                    app,
+                    bind=config.api_bind,
+                    certfile=cert.certfile,
+                    keyfile=cert.keyfile,
+                    shutdown_trigger=self._api_stop.wait,
+                    graceful_timeout=API_GRACEFUL_TIMEOUT,
+                )
             )
-        )
+        except* OSError as errors:
+            # Address in use, or not an address of this host: a fatal condition naming the knob.
+            error: BaseException = errors
+            while isinstance(error, BaseExceptionGroup):
+                error = error.exceptions[0]
+            reason = error.strerror if isinstance(error, OSError) and error.strerror else error
+            raise ApiUnavailable(
+                f"cannot serve the API on FRACTAL_API_BIND={config.api_bind}: {reason}"
+            ) from error
         self.state.api_url = url
         (config.private_dir / API_URL_FILE).write_text(url)
         logger.info("HTTPS API serving", extra={"url": url})

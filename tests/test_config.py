@@ -76,9 +76,11 @@ def test_dev_has_no_ecs_agent_by_default() -> None:
         ({"FRACTAL_PRIVATE_DIR": "x"}, ("FRACTAL_PRIVATE_DIR", "'x'", "absolute")),
         ({"DOCKER_HOST": "tcp://1.2.3.4:2375"}, ("DOCKER_HOST", "tcp://", "unix://")),
         ({"DOCKER_HOST": "unix://relative"}, ("DOCKER_HOST", "unix://relative", "unix://")),
-        ({"FRACTAL_API_BIND": "4678"}, ("FRACTAL_API_BIND", "'4678'", "HOST:PORT")),
+        ({"FRACTAL_API_BIND": "4678"}, ("FRACTAL_API_BIND", "'4678'", "IP:PORT")),
         ({"FRACTAL_API_BIND": "0.0.0.0:99999"}, ("FRACTAL_API_BIND", "99999", "0-65535")),
-        ({"FRACTAL_API_BIND": "0.0.0.0:http"}, ("FRACTAL_API_BIND", "http", "HOST:PORT")),
+        ({"FRACTAL_API_BIND": "0.0.0.0:http"}, ("FRACTAL_API_BIND", "http", "IP:PORT")),
+        ({"FRACTAL_API_BIND": "999.1.1.1:4678"}, ("FRACTAL_API_BIND", "999.1.1.1", "IP:PORT")),
+        ({"FRACTAL_API_BIND": "myhost:4678"}, ("FRACTAL_API_BIND", "myhost", "IP address")),
         ({"FRACTAL_WEBSERVER_URL": "ftp://x.example"}, ("FRACTAL_WEBSERVER_URL", "ftp", "http")),
         ({"FRACTAL_IMDS_URL": "169.254.169.254"}, ("FRACTAL_IMDS_URL", "169.254", "'off'")),
         ({"USE_PROD_SENTRY": "maybe"}, ("USE_PROD_SENTRY", "'maybe'", "yes/no")),
@@ -194,3 +196,9 @@ def test_secret_never_shows_in_repr() -> None:
     config = Config.from_env(DEPLOYED)
     assert "s3cret-value" not in repr(config)
     assert "s3cret-value" not in str(config.webserver_auth_secret)
+
+
+def test_empty_webserver_url_disables_it_in_every_environment() -> None:
+    config = Config.from_env({**DEPLOYED, "APP_ENV": "dev", "FRACTAL_WEBSERVER_URL": ""})
+    assert config.webserver_url == ""
+    assert Config.from_env({**DEPLOYED, "FRACTAL_WEBSERVER_URL": " "}).webserver_url == ""

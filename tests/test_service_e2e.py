@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import ssl
 import subprocess
 import time
@@ -357,3 +358,20 @@ async def test_in_flight_request_completes_on_every_shutdown_path(
         assert code == (0 if path == "signal" else 1)
         assert answers[0].status_code == 406
         assert "4999" in answers[0].json()["error"]
+
+
+async def test_api_address_in_use_is_fatal_and_named(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        async with running_peers(tmp_path) as peers:
+            env = service_env(tmp_path, peers, FRACTAL_API_BIND=f"127.0.0.1:{port}")
+            async with running_service(tmp_path, env) as service:
+                code, _ = await _exit(service)
+            assert code == 1
+            event = _exception_event(peers)
+            exception = event["exception"]["values"][-1]
+            assert exception["type"] == "ApiUnavailable"
+            assert f"FRACTAL_API_BIND=127.0.0.1:{port}" in exception["value"]
+            assert peers.webserver.heartbeats[-1]["IsDyingHeartbeat"] is True
