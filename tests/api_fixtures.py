@@ -4,20 +4,27 @@ cloud storage (the real one needs rclone/FUSE; it has its own tests)."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
-from collections.abc import Awaitable, Callable
+import ssl
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
+import trio
 from quart_trio import QuartTrio
 
 from fractal_hostd.api.app import create_app
+from fractal_hostd.api.server import serve_api
 from fractal_hostd.containers.info import ContainerInfo
 from fractal_hostd.containers.lifecycle import ContainerLifecycle
 from fractal_hostd.containers.registry import ContainerRecord, ContainerRegistry
 from fractal_hostd.hoststate import HostState
 from fractal_hostd.metrics import Metrics
+from fractal_hostd.tls import TlsFiles, generate_certificate
 
 SECRET = "test-secret-0123456789-abcdef"
 AUTH = {"Authorization": f"Bearer {SECRET}"}
@@ -128,3 +135,41 @@ def snapshot(api: Api) -> tuple[list[ContainerRecord], dict[str, bytes]]:
         if path.is_file()
     }
     return records, files
+
+
+@dataclass
+class Running:
+    api: Api
+    url: str
+    tls: TlsFiles
+    stop: trio.Event
+
+
+@asynccontextmanager
+async def running_api(
+    tmp_path: Path, *, graceful_timeout: float = 3.0, api: Api | None = None, **api_args: float
+) -> AsyncIterator[Running]:
+    """The app served over TLS by hypercorn on 127.0.0.1:0; stopped (drained) on exit."""
+    api = api or make_api(tmp_path, **api_args)  # type: ignore[arg-type]
+    tls = generate_certificate(tmp_path / "private")
+    stop = trio.Event()
+    async with trio.open_nursery() as nursery:
+        url = await nursery.start(
+            functools.partial(
+                serve_api,
+                api.app,
+                bind="127.0.0.1:0",
+                certfile=tls.certfile,
+                keyfile=tls.keyfile,
+                shutdown_trigger=stop.wait,
+                graceful_timeout=graceful_timeout,
+            )
+        )
+        yield Running(api, url, tls, stop)
+        stop.set()
+
+
+def tls_client(running: Running) -> httpx.AsyncClient:
+    return httpx.AsyncClient(
+        base_url=running.url, verify=ssl.create_default_context(cafile=str(running.tls.certfile))
+    )

@@ -8,9 +8,6 @@ from __future__ import annotations
 import functools
 import socket
 import ssl
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -26,50 +23,15 @@ from hypercorn.typing import (
 
 from fractal_hostd.api.server import _ShieldedSend, hypercorn_config, serve_api
 from fractal_hostd.containers.registry import ContainerRecord
-from fractal_hostd.tls import TlsFiles, generate_certificate
-from tests.api_fixtures import AUTH, Api, make_api
+from fractal_hostd.tls import generate_certificate
+from tests.api_fixtures import AUTH, make_api, running_api, tls_client
 
 TIMEOUT = 10
 
 
-@dataclass
-class Running:
-    api: Api
-    url: str
-    tls: TlsFiles
-    stop: trio.Event
-
-
-@asynccontextmanager
-async def running_api(tmp_path: Path, **api_args: float) -> AsyncIterator[Running]:
-    api = make_api(tmp_path, **api_args)  # type: ignore[arg-type]
-    tls = generate_certificate(tmp_path / "private")
-    stop = trio.Event()
-    async with trio.open_nursery() as nursery:
-        url = await nursery.start(
-            functools.partial(
-                serve_api,
-                api.app,
-                bind="127.0.0.1:0",
-                certfile=tls.certfile,
-                keyfile=tls.keyfile,
-                shutdown_trigger=stop.wait,
-                graceful_timeout=3.0,
-            )
-        )
-        yield Running(api, url, tls, stop)
-        stop.set()
-
-
-def _client(running: Running) -> httpx.AsyncClient:
-    return httpx.AsyncClient(
-        base_url=running.url, verify=ssl.create_default_context(cafile=str(running.tls.certfile))
-    )
-
-
 async def test_started_reports_the_bound_url_and_tls_answers(tmp_path: Path) -> None:
     with trio.fail_after(TIMEOUT):
-        async with running_api(tmp_path) as running, _client(running) as client:
+        async with running_api(tmp_path) as running, tls_client(running) as client:
             assert running.url.startswith("https://127.0.0.1:")
             assert not running.url.endswith(":0")
             await running.api.add_container(40000)
@@ -152,7 +114,10 @@ async def test_an_http2_request_answered_before_its_body_ends_does_not_stop_the_
 async def test_an_in_flight_request_completes_during_graceful_shutdown(tmp_path: Path) -> None:
     """The request waits for its container; shutdown starts; the container appears: 200."""
     with trio.fail_after(TIMEOUT):
-        async with running_api(tmp_path, container_wait=5.0) as running, _client(running) as client:
+        async with (
+            running_api(tmp_path, container_wait=5.0) as running,
+            tls_client(running) as client,
+        ):
             answers: list[httpx.Response] = []
             waiting = trio.Event()
             real_wait = running.api.registry.wait_for_host_port
@@ -177,7 +142,7 @@ async def test_an_in_flight_request_completes_during_graceful_shutdown(tmp_path:
                 await trio.sleep(0.2)
                 # New connections are refused once shutdown started...
                 with pytest.raises(httpx.ConnectError):
-                    async with _client(running) as fresh:
+                    async with tls_client(running) as fresh:
                         await fresh.get("/health")
                 # ...while the request in flight still gets its answer.
                 await running.api.add_container(40001)
@@ -188,27 +153,12 @@ async def test_an_in_flight_request_completes_during_graceful_shutdown(tmp_path:
 async def test_an_idle_keep_alive_connection_does_not_hold_up_shutdown(tmp_path: Path) -> None:
     """quart-trio's per-request cancel used to stop hypercorn's idle timer, so an idle
     keep-alive connection kept the drain waiting for the whole graceful timeout."""
-    api = make_api(tmp_path)
-    tls = generate_certificate(tmp_path / "private")
-    stop = trio.Event()
     with trio.fail_after(TIMEOUT):
-        async with trio.open_nursery() as nursery:
-            url = await nursery.start(
-                functools.partial(
-                    serve_api,
-                    api.app,
-                    bind="127.0.0.1:0",
-                    certfile=tls.certfile,
-                    keyfile=tls.keyfile,
-                    shutdown_trigger=stop.wait,
-                    graceful_timeout=60.0,  # far beyond fail_after: waiting for it fails
-                )
-            )
-            client = httpx.AsyncClient(
-                base_url=url, verify=ssl.create_default_context(cafile=str(tls.certfile))
-            )
+        # graceful_timeout far beyond fail_after: waiting for it fails the test.
+        async with running_api(tmp_path, graceful_timeout=60.0) as running:
+            client = tls_client(running)
             assert (await client.get("/health")).status_code == 200
-            stop.set()
+            running.stop.set()
         await client.aclose()
 
 

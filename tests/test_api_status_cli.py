@@ -13,40 +13,25 @@ from pathlib import Path
 import pytest
 import trio
 
-from fractal_hostd.api.server import serve_api
 from fractal_hostd.status_cli import format_status, status_main
-from fractal_hostd.tls import generate_certificate
-from tests.api_fixtures import SECRET, make_api
+from tests.api_fixtures import SECRET, make_api, running_api
 
 TIMEOUT = 10
 
 
 async def test_prints_the_status_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     api = make_api(tmp_path)
-    tls = generate_certificate(tmp_path / "private")
     record = await api.add_container(40000)
     record.dpi, record.ready, record.cloud_storage = 96, True, ["dropbox"]
     await api.add_container(40001)
-    stop = trio.Event()
     with trio.fail_after(TIMEOUT):
-        async with trio.open_nursery() as nursery:
-            url = await nursery.start(
-                functools.partial(
-                    serve_api,
-                    api.app,
-                    bind="127.0.0.1:0",
-                    certfile=tls.certfile,
-                    keyfile=tls.keyfile,
-                    shutdown_trigger=stop.wait,
-                )
-            )
+        async with running_api(tmp_path, api=api) as running:
             code = await trio.to_thread.run_sync(
-                functools.partial(status_main, url=url, secret=SECRET)
+                functools.partial(status_main, url=running.url, secret=SECRET)
             )
             wrong = await trio.to_thread.run_sync(
-                functools.partial(status_main, url=url, secret="wrong")
+                functools.partial(status_main, url=running.url, secret="wrong")
             )
-            stop.set()
     out, err = capsys.readouterr()
     assert code == 0
     assert "fractal-hostd 9.9.9 (localdev)" in out
