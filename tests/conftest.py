@@ -9,6 +9,13 @@ import socket
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
+
+# CI must be deterministic: the same examples on every run (and no example database to carry
+# between clean clones). Locally, hypothesis keeps exploring new examples each run.
+settings.register_profile("ci", derandomize=True, database=None, print_blob=True)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
 REAL_DOCKER_SOCKET = Path(os.environ.get("FHD_TEST_DOCKER_SOCKET", "/var/run/docker.sock"))
 TEST_IMAGE = "fractal-hostd-test-busybox:latest"
