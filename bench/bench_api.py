@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import functools
 import json
 import os
 import platform
@@ -45,10 +44,8 @@ def serve(workdir: Path, log_level: str) -> None:
     import trio
 
     sys.path.insert(0, str(REPO))
-    from fractal_hostd.api.server import serve_api
     from fractal_hostd.logs import setup_logging
-    from fractal_hostd.tls import generate_certificate
-    from tests.api_fixtures import make_api
+    from tests.api_fixtures import make_api, running_api
 
     setup_logging(fmt="json", level=log_level)
 
@@ -57,23 +54,10 @@ def serve(workdir: Path, log_level: str) -> None:
             workdir, with_cloud_storage=False, container_wait=1.0, secret=os.environ[SECRET_ENV]
         )
         await api.add_container(HOST_PORT)
-        tls = generate_certificate(workdir / "private")
-        stop = trio.Event()
-        async with trio.open_nursery() as nursery:
-            url = await nursery.start(
-                functools.partial(
-                    serve_api,
-                    api.app,
-                    bind="127.0.0.1:0",
-                    certfile=tls.certfile,
-                    keyfile=tls.keyfile,
-                    shutdown_trigger=stop.wait,
-                )
-            )
-            print(url, flush=True)
+        async with running_api(workdir, api=api) as running:
+            print(running.url, flush=True)
             # The parent closes our stdin to stop us.
             await trio.to_thread.run_sync(sys.stdin.read, abandon_on_cancel=True)
-            stop.set()
 
     trio.run(main)
 

@@ -6,7 +6,9 @@ import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import httpx
 import pytest
+import trio
 
 from fractal_hostd.docker.client import DockerClient
 from tests.fakes.docker_engine import FakeDockerEngine, running_fake_docker
@@ -24,3 +26,12 @@ async def fake_docker() -> AsyncIterator[FakeDockerEngine]:
 async def fake_client(fake_docker: FakeDockerEngine) -> AsyncIterator[DockerClient]:
     async with DockerClient(fake_docker.socket_path) as client:
         yield client
+
+
+class EmptyStream(httpx.AsyncByteStream):
+    """A response body that ends at once: an `/events` stream dockerd closes immediately."""
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        await trio.lowlevel.checkpoint()
+        return
+        yield b""  # makes this an async generator that yields nothing

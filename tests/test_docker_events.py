@@ -26,7 +26,7 @@ from fractal_hostd.docker.events import (
     run_event_stream,
 )
 from fractal_hostd.hoststate import DockerStatus
-from tests.docker_fixtures import fake_client, fake_docker
+from tests.docker_fixtures import EmptyStream, fake_client, fake_docker
 from tests.fakes.docker_engine import FakeDockerEngine
 
 __all__ = ["fake_client", "fake_docker"]
@@ -382,16 +382,10 @@ async def test_a_stream_that_drops_at_once_is_reconnected_with_growing_backoff(
     # response at once: every connection becomes "ready", yet none lasts.
     subscriptions: list[float] = []
 
-    class EndsAtOnce(httpx.AsyncByteStream):
-        async def __aiter__(self) -> AsyncIterator[bytes]:
-            await trio.lowlevel.checkpoint()
-            return
-            yield b""  # an async generator that yields nothing
-
     def handler(request: httpx.Request) -> httpx.Response:
         if request.url.path.endswith("/events"):
             subscriptions.append(trio.current_time())
-            return httpx.Response(200, stream=EndsAtOnce())
+            return httpx.Response(200, stream=EmptyStream())
         return httpx.Response(200, json=[])
 
     status = DockerStatus()

@@ -38,6 +38,7 @@ from fractal_hostd.ecs_agent import (
     run_ecs_agent,
     start_ecs_agent,
 )
+from tests.docker_fixtures import EmptyStream
 from tests.fakes.unix_proxy import running_unix_proxy
 
 TEST_IMAGE = "fractal-hostd-test-busybox:latest"
@@ -440,16 +441,10 @@ async def test_a_stream_that_ends_at_once_is_resubscribed_with_growing_backoff(
     # dockerd answers everything, the agent runs, but every `/events` response ends at once.
     subscriptions: list[float] = []
 
-    class EndsAtOnce(httpx.AsyncByteStream):
-        async def __aiter__(self) -> AsyncIterator[bytes]:
-            await trio.lowlevel.checkpoint()
-            return
-            yield b""  # an async generator that yields nothing
-
     def handler(request: httpx.Request) -> httpx.Response:
         if request.url.path.endswith("/events"):
             subscriptions.append(trio.current_time())
-            return httpx.Response(200, stream=EndsAtOnce())
+            return httpx.Response(200, stream=EmptyStream())
         running = {"Id": "agent-id", "State": {"Status": "running"}, "Config": {"Image": "x"}}
         return httpx.Response(200, json=running)
 
