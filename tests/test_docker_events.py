@@ -397,3 +397,69 @@ async def test_a_stream_that_drops_at_once_is_reconnected_with_growing_backoff(
     # reset on every successful subscription gave: ~800).
     assert 5 <= len(subscriptions) <= 60
     assert status.reconnects == len(subscriptions) - 1
+
+
+def files(lifecycle: RecordingLifecycle, container_id: str) -> dict[str, str]:
+    directory = lifecycle.mappings / container_id
+    if not directory.is_dir():
+        return {}
+    return {path.name: path.read_text() for path in sorted(directory.iterdir())}
+
+
+async def test_a_paused_container_keeps_its_tty_and_files_across_reconciles(
+    fake_docker: FakeDockerEngine, fake_client: DockerClient, lifecycle: RecordingLifecycle
+) -> None:
+    # Contract §2: paused is live. Docker's listing filtered on status=running leaves a
+    # paused container out; a reconcile built on it took the container for gone.
+    status = DockerStatus()
+    with trio.fail_after(10):
+        async with event_stream(fake_client, lifecycle, status):
+            paused = fake_docker.run("fhtest-paused")
+            await wait_for(lambda: lifecycle.tty(paused) is not None)
+            record = lifecycle.registry.get(paused)
+            assert record is not None
+            await lifecycle.inner.set_start_values(record.host_port, dpi=144)
+            before = files(lifecycle, paused)
+            assert before["tty"] == "10"
+            assert before[".ready"] == ".ready"
+            fake_docker.pause(paused)
+            fake_docker.drop_streams()  # the reconnect reconciles with the paused container
+            await wait_for(lambda: status.reconnects == 1)
+            other = fake_docker.run("fhtest-other")
+            await wait_for(lambda: lifecycle.tty(other) is not None)
+            assert lifecycle.tty(other) == "11"  # the paused container's TTY is not free
+            assert files(lifecycle, paused) == before
+            fake_docker.unpause(paused)
+            fake_docker.drop_streams()
+            await wait_for(lambda: status.reconnects == 2)
+            assert files(lifecycle, paused) == before
+            assert [r.tty for r in lifecycle.registry.records() if r.id == paused] == [10]
+    assert ("gone", paused) not in lifecycle.calls
+
+
+async def test_a_paused_container_is_adopted_with_its_tty_and_files_after_a_restart(
+    fake_docker: FakeDockerEngine, fake_client: DockerClient, tmp_path: Path
+) -> None:
+    first = RecordingLifecycle(tmp_path / "containerResourceMappings")
+    with trio.fail_after(10):
+        async with event_stream(fake_client, first, DockerStatus()):
+            fake_docker.run("fhtest-low")  # holds tty 10, so the paused one is not the lowest
+            paused = fake_docker.run("fhtest-paused")
+            await wait_for(lambda: first.tty(paused) is not None)
+            record = first.registry.get(paused)
+            assert record is not None
+            await first.inner.set_start_values(record.host_port, dpi=96)
+            fake_docker.pause(paused)
+        before = files(first, paused)
+        assert before["tty"] == "11"
+        assert before["DPI"] == "96"
+        restarted = RecordingLifecycle(first.mappings)
+        status = DockerStatus()
+        async with event_stream(fake_client, restarted, status):
+            assert files(restarted, paused) == before
+            fake_docker.unpause(paused)
+            newcomer = fake_docker.run("fhtest-newcomer")
+            await wait_for(lambda: restarted.tty(newcomer) is not None)
+            assert restarted.tty(newcomer) == "12"
+            assert files(restarted, paused) == before
+            assert [r.tty for r in restarted.registry.records() if r.id == paused] == [11]

@@ -202,6 +202,12 @@ class DockerClient(OwnsHttpClient):
             ok=(204,),
         )
 
+    async def pause_container(self, container_id: str) -> None:
+        await self._request("POST", f"/containers/{_quote(container_id)}/pause", ok=(204,))
+
+    async def unpause_container(self, container_id: str) -> None:
+        await self._request("POST", f"/containers/{_quote(container_id)}/unpause", ok=(204,))
+
     async def remove_container(self, container_id: str, *, force: bool = False) -> None:
         await self._request(
             "DELETE",

@@ -83,9 +83,14 @@ class Lifecycle(Protocol):
 
 
 async def fetch_running(client: DockerClient) -> list[ContainerInfo]:
-    """Every running container, inspected (a container gone meanwhile is left out)."""
+    """Every live (running or paused) container, inspected (a container gone meanwhile is
+    left out).
+
+    No `status` filter: `status=running` leaves paused containers out, and a paused container
+    is live (contract §2). The default listing (`all=0`) holds running and paused ones.
+    """
     infos: list[ContainerInfo] = []
-    for summary in await client.list_containers(filters={"status": ["running"]}):
+    for summary in await client.list_containers():
         container_id = summary.get("Id")
         if not isinstance(container_id, str):
             continue
