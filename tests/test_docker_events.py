@@ -21,6 +21,7 @@ from fractal_hostd.containers.registry import ContainerRegistry
 from fractal_hostd.docker.client import DockerClient
 from fractal_hostd.docker.cursor import EventCursor, format_since
 from fractal_hostd.docker.events import (
+    RETRY,
     DockerUnreachableFatal,
     _action,
     run_event_stream,
@@ -235,17 +236,54 @@ async def test_one_failing_event_does_not_end_the_stream(
             assert status.reconnects == 0
 
 
-async def test_an_inspect_error_reconnects_and_reconciles(
-    fake_docker: FakeDockerEngine, fake_client: DockerClient, lifecycle: RecordingLifecycle
+async def test_an_inspect_error_for_one_start_is_retried_by_a_reconcile_soon(
+    fake_docker: FakeDockerEngine,
+    fake_client: DockerClient,
+    lifecycle: RecordingLifecycle,
+    autojump_clock: trio.testing.MockClock,
 ) -> None:
     status = DockerStatus()
-    with trio.fail_after(10):
+    with trio.fail_after(60):
         async with event_stream(fake_client, lifecycle, status):
-            fake_docker.fail(r"GET /containers/[0-9a-f]+/json", 500, times=1)
-            container = fake_docker.run("fhtest-inspect-error")
-            await wait_for(lambda: lifecycle.tty(container) is not None)
-    assert status.reconnects == 1
-    assert lifecycle.calls[-1][0] in ("reconcile", "running")
+            container = fake_docker.create("fhtest-inspect-error")
+            fake_docker.fail_inspect(container, 500, times=1)
+            fake_docker.start(container)
+            started = trio.current_time()
+            await wait_for(lambda: lifecycle.tty(container) is not None, step=0.1)
+            # Not a reconnect, not the periodic reconcile 300 s on: the one brought forward.
+            assert trio.current_time() - started == pytest.approx(RETRY, abs=0.2)
+            assert status.connected
+            assert status.reconnects == 0
+    assert lifecycle.calls[-1] == ("reconcile", container)
+
+
+async def test_one_containers_failing_inspect_never_makes_docker_unreachable(
+    fake_docker: FakeDockerEngine,
+    fake_client: DockerClient,
+    lifecycle: RecordingLifecycle,
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # dockerd serves everything but one container's inspect (500, 409): that is the
+    # container's problem. Before, the adoption's listing raised, the session never got
+    # ready, and the whole service went down as "Docker unreachable" after the budget.
+    broken = fake_docker.run("fhtest-broken")
+    fake_docker.fail_inspect(broken, 500)
+    fine = fake_docker.run("fhtest-fine")
+    status = DockerStatus()
+    with trio.fail_after(1000):
+        async with event_stream(fake_client, lifecycle, status, unreachable_budget=60.0):
+            assert {lifecycle.tty(broken), lifecycle.tty(fine)} == {"10", "11"}
+            broken_tty = lifecycle.tty(broken)
+            conflicted = fake_docker.create("fhtest-conflict")
+            fake_docker.fail_inspect(conflicted, 409)
+            fake_docker.start(conflicted)
+            await trio.sleep(700)  # two periodic reconciles, ten budgets
+            assert status.connected
+            assert status.reconnects == 0
+            assert lifecycle.tty(conflicted) == "12"  # judged by its listing entry
+            assert lifecycle.tty(broken) == broken_tty
+            port = (lifecycle.mappings / conflicted / "hostPort_for_my_32262_tcp").read_text()
+            assert port == fake_docker.containers[conflicted].ports["32262/tcp"][0]["HostPort"]
 
 
 async def test_listing_errors_at_start_up_are_retried_before_started(
@@ -367,10 +405,13 @@ def test_cursor_resumes_at_the_last_time_and_drops_repeats() -> None:
     cursor = EventCursor(window=4)
     event = {"Action": "start", "id": "a", "timeNano": 1_700_000_000_000_000_123}
     assert cursor.since is None
-    assert cursor.accept(event)
-    assert not cursor.accept(dict(event))
-    assert cursor.accept({**event, "Action": "die"})  # same time, other action: new
-    assert cursor.accept({**event, "timeNano": 5})  # clock went back: still remembered
+    assert not cursor.handled_before(event)
+    assert cursor.since is None  # looked at, not handled yet: the resume point stays
+    cursor.record(event)
+    assert cursor.handled_before(dict(event))
+    assert not cursor.handled_before({**event, "Action": "die"})  # same time, other action
+    cursor.record({**event, "timeNano": 5})  # clock went back: still remembered
+    assert cursor.handled_before({**event, "timeNano": 5})
     assert cursor.since == "1700000000.000000123"
     assert format_since(5) == "0.000000005"
 
@@ -463,3 +504,53 @@ async def test_a_paused_container_is_adopted_with_its_tty_and_files_after_a_rest
             assert restarted.tty(newcomer) == "12"
             assert files(restarted, paused) == before
             assert [r.tty for r in restarted.registry.records() if r.id == paused] == [11]
+
+
+def reconciles(lifecycle: RecordingLifecycle) -> list[str]:
+    return [name for name, _ in lifecycle.calls if name in ("adopt", "reconcile")]
+
+
+# The two tests below show what only the `since` replay can do: the reconcile that follows a
+# reconnect fails once, so nothing but the replayed events can tell what happened meanwhile.
+# (Checked: with `since` forced to None in `_EventStream.session`, both fail.)
+
+
+async def test_an_event_cut_short_by_a_lost_dockerd_is_replayed(
+    fake_docker: FakeDockerEngine, fake_client: DockerClient, lifecycle: RecordingLifecycle
+) -> None:
+    status = DockerStatus()
+    with trio.fail_after(10):
+        async with event_stream(fake_client, lifecycle, status):
+            first = fake_docker.run("fhtest-first")  # gives the cursor a resume point
+            await wait_for(lambda: lifecycle.tty(first) is not None)
+            second = fake_docker.create("fhtest-second")
+            # dockerd is lost while the start is being handled (its inspect gets no answer)...
+            fake_docker.cut(rf"^GET /containers/{second}/json$", times=1)
+            # ...and the reconnect's listing fails: only the replayed start can bring it back.
+            fake_docker.fail(r"^GET /containers/json$", 500, times=1)
+            fake_docker.start(second)
+            await wait_for(lambda: lifecycle.tty(second) is not None)
+            assert status.reconnects == 1
+            assert status.connected
+    # Handled by the replay: the start was not recorded as handled before it was.
+    assert reconciles(lifecycle) == ["adopt"]
+    assert lifecycle.calls.count(("running", second)) == 1
+
+
+async def test_a_die_while_disconnected_is_replayed_when_the_listing_fails(
+    fake_docker: FakeDockerEngine, fake_client: DockerClient, lifecycle: RecordingLifecycle
+) -> None:
+    status = DockerStatus()
+    with trio.fail_after(10):
+        async with event_stream(fake_client, lifecycle, status):
+            gone = fake_docker.run("fhtest-gone")
+            await wait_for(lambda: lifecycle.tty(gone) is not None)
+            await fake_docker.stop_listening()
+            await wait_for(lambda: not status.connected)
+            fake_docker.remove(gone)  # kill, die, destroy while we are away
+            fake_docker.fail(r"^GET /containers/json$", 500, times=1)
+            await fake_docker.start_listening()
+            await wait_for(lambda: not (lifecycle.mappings / gone).exists())
+            assert status.reconnects == 1
+    assert reconciles(lifecycle) == ["adopt"]
+    assert lifecycle.registry.free_ttys == 54

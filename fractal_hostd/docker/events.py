@@ -55,7 +55,11 @@ CONTAINER_EVENTS: dict[str, list[str]] = {
 }
 
 
+_HANDLED_ACTIONS = frozenset(CONTAINER_EVENTS["event"])
 _READER_BATCH = 64
+# Seconds until a reconcile that could not judge everything (a listing or an inspect answered
+# with an error) is tried again, instead of waiting for the next periodic one.
+RETRY = 5.0
 # A connection must stay up this long before the reconnect backoff starts small again: a
 # dockerd (or proxy) that accepts, answers the listing and drops the stream at once would
 # otherwise be reconnected to (and fully reconciled) at the backoff's initial delay forever.
@@ -88,23 +92,36 @@ async def fetch_running(client: DockerClient) -> list[ContainerInfo]:
 
     No `status` filter: `status=running` leaves paused containers out, and a paused container
     is live (contract §2). The default listing (`all=0`) holds running and paused ones.
+
+    An inspect that dockerd answers with an error (500, 409...) for one container while it
+    serves the others is that container's problem, not dockerd's: the container is judged by
+    its entry in the listing (dockerd's own word on its state and ports), logged, and
+    inspected again at the next reconcile. Skipping it instead would make it look gone: its
+    directory removed at adoption, its TTY freed and handed on by a reconcile.
     """
     infos: list[ContainerInfo] = []
     for summary in await client.list_containers():
         container_id = summary.get("Id")
         if not isinstance(container_id, str):
             continue
-        info = await _inspect_info(client, container_id)
-        if info is not None and info.running:
+        try:
+            info = await _inspect_info(client, container_id)
+        except DockerNotFound:
+            continue
+        except DockerError as exc:
+            logger.warning(
+                "inspect failed (%s): judged by the listing, inspected again at the next reconcile",
+                exc,
+                extra={"container_id": container_id},
+            )
+            info = ContainerInfo.from_summary(summary)
+        if info.running:
             infos.append(info)
     return infos
 
 
-async def _inspect_info(client: DockerClient, container_id: str) -> ContainerInfo | None:
-    try:
-        return ContainerInfo.from_inspect(await client.inspect_container(container_id))
-    except DockerNotFound:
-        return None
+async def _inspect_info(client: DockerClient, container_id: str) -> ContainerInfo:
+    return ContainerInfo.from_inspect(await client.inspect_container(container_id))
 
 
 def _action(event: dict[str, Any]) -> str:
@@ -163,6 +180,7 @@ class _EventStream:
         self.reconcile_jitter = reconcile_jitter
         self.cursor = EventCursor()
         self.adopted = False
+        self.next_reconcile = math.inf  # set when a connection becomes ready
 
     async def session(self, on_ready: Callable[[], None]) -> NoReturn:
         """One connection: subscribe, reconcile, call `on_ready`, process until it breaks.
@@ -178,7 +196,11 @@ class _EventStream:
         ):
             nursery.start_soon(reader.run, stream, send)
             try:
+                self.next_reconcile = math.inf
                 verify_before = await self._reconcile(reader)
+                self.next_reconcile = min(
+                    self.next_reconcile, trio.current_time() + self._next_interval()
+                )
                 on_ready()
                 await self._process(recv, reader, verify_before)
             except (DockerUnreachable, DockerError) as exc:
@@ -191,18 +213,31 @@ class _EventStream:
     async def _reconcile(self, reader: _Reader) -> int:
         """List + inspect, hand the truth to the lifecycle; returns the sequence number
         below which queued events predate this snapshot."""
-        running = await fetch_running(self.client)
         if not self.adopted:
             # A failure here is a start-up failure: let it reach the supervisor.
+            running = await fetch_running(self.client)
             await self.lifecycle.adopt(running)
             self.adopted = True
         else:
+            try:
+                running = await fetch_running(self.client)
+            except DockerNotFound:
+                raise
+            except DockerError as exc:
+                # dockerd answers, and the open stream goes on delivering events (a `since`
+                # replay included): keep it, and try the listing again soon.
+                logger.warning("listing containers failed (%s); retried in %g s", exc, RETRY)
+                self.retry_reconcile_soon()
+                return reader.received
             try:
                 await self.lifecycle.reconcile(running)
             except Exception:
                 logger.exception("reconcile failed; retried at the next one")
         logger.debug("reconciled: %d running containers", len(running))
         return reader.received
+
+    def retry_reconcile_soon(self) -> None:
+        self.next_reconcile = min(self.next_reconcile, trio.current_time() + RETRY)
 
     async def _process(
         self,
@@ -211,17 +246,16 @@ class _EventStream:
         verify_before: int,
     ) -> None:
         """Handle queued events until the reader closes the channel; reconcile periodically."""
-        next_reconcile = trio.current_time() + self._next_interval()
         while True:
             item: tuple[int, dict[str, Any]] | None = None
-            with trio.move_on_at(next_reconcile):
+            with trio.move_on_at(self.next_reconcile):
                 try:
                     item = await recv.receive()
                 except trio.EndOfChannel:
                     return
             if item is None:
+                self.next_reconcile = trio.current_time() + self._next_interval()
                 verify_before = await self._reconcile(reader)
-                next_reconcile = trio.current_time() + self._next_interval()
                 continue
             sequence, event = item
             await self._handle(event, stale=sequence < verify_before)
@@ -230,34 +264,56 @@ class _EventStream:
         return jittered(self.reconcile_interval, self.reconcile_jitter)
 
     async def _handle(self, event: dict[str, Any], *, stale: bool) -> None:
-        if not self.cursor.accept(event):
+        if self.cursor.handled_before(event):
             return  # replayed by `since` after a reconnect: already handled
         container_id = _container_id(event)
-        if container_id is None or event.get("Type", "container") != "container":
-            return
         action = _action(event)
+        if (
+            container_id is not None
+            and event.get("Type", "container") == "container"
+            and action in _HANDLED_ACTIONS
+        ):
+            await self._apply(container_id, action, stale=stale)
+            self.status.events_processed += 1
+        # Only now: an event whose handling was cut short by a lost dockerd (the raise
+        # above) stays after the resume point and comes back in the `since` replay.
+        self.cursor.record(event)
+
+    async def _apply(self, container_id: str, action: str, *, stale: bool) -> None:
         try:
             if action == "start" or (action == "die" and stale):
                 # Inspect tells the present state; a stale die may belong to a container
                 # that has been restarted since.
-                info = await _inspect_info(self.client, container_id)
-                if info is not None and info.running:
+                try:
+                    info = await _inspect_info(self.client, container_id)
+                except DockerNotFound:
+                    await self.lifecycle.on_gone(container_id)
+                    return
+                if info.running:
                     if info.host_port is not None:
                         await self.lifecycle.on_running(info)
                 else:
                     await self.lifecycle.on_gone(container_id)
-            elif action in ("die", "destroy"):
-                await self.lifecycle.on_gone(container_id)
             else:
-                return
-        except (DockerUnreachable, DockerError):
+                await self.lifecycle.on_gone(container_id)
+        except DockerUnreachable:
             raise
+        except DockerError as exc:
+            # dockerd answers, but not about this container: its problem, not dockerd's.
+            # Leave it as it is; the reconcile, brought forward, judges it again.
+            logger.warning(
+                "inspect after a %s event failed (%s); reconciling in %g s",
+                action,
+                exc,
+                RETRY,
+                extra={"container_id": container_id},
+            )
+            self.retry_reconcile_soon()
         except Exception:
             # One bad event must not end the stream; the next reconcile repairs its effect.
             logger.exception(
                 "handling %s event failed", action, extra={"container_id": container_id}
             )
-        self.status.events_processed += 1
 
 
 async def run_event_stream(
