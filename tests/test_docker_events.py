@@ -7,7 +7,7 @@ Rules: unix sockets under /tmp only, an absolute `trio.fail_after` around every 
 from __future__ import annotations
 
 import functools
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Container, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -21,6 +21,7 @@ from fractal_hostd.containers.registry import ContainerRegistry
 from fractal_hostd.docker.client import DockerClient
 from fractal_hostd.docker.cursor import EventCursor, format_since
 from fractal_hostd.docker.events import (
+    INSPECT_CONCURRENCY,
     RETRY,
     DockerUnreachableFatal,
     _action,
@@ -47,9 +48,12 @@ class RecordingLifecycle:
         self.calls.append(("adopt", ",".join(sorted(i.id for i in running))))
         await self.inner.adopt(running)
 
-    async def reconcile(self, running: Sequence[ContainerInfo]) -> None:
+    async def reconcile(
+        self, running: Sequence[ContainerInfo], *, leave_alone: Container[str] = frozenset()
+    ) -> None:
         self.calls.append(("reconcile", ",".join(sorted(i.id for i in running))))
-        await self.inner.reconcile(running)
+        await self.inner.reconcile(running, leave_alone=leave_alone)
+        self.calls.append(("reconciled", ",".join(sorted(i.id for i in running))))
 
     async def on_running(self, info: ContainerInfo) -> None:
         self.calls.append(("running", info.id))
@@ -254,7 +258,7 @@ async def test_an_inspect_error_for_one_start_is_retried_by_a_reconcile_soon(
             assert trio.current_time() - started == pytest.approx(RETRY, abs=0.2)
             assert status.connected
             assert status.reconnects == 0
-    assert lifecycle.calls[-1] == ("reconcile", container)
+    assert lifecycle.calls[-1] == ("reconciled", container)
 
 
 async def test_one_containers_failing_inspect_never_makes_docker_unreachable(
@@ -554,3 +558,77 @@ async def test_a_die_while_disconnected_is_replayed_when_the_listing_fails(
             assert status.reconnects == 1
     assert reconciles(lifecycle) == ["adopt"]
     assert lifecycle.registry.free_ttys == 54
+
+
+def inspects(engine: FakeDockerEngine, container_id: str = "") -> int:
+    if container_id:
+        return engine.requests.count(f"GET /containers/{container_id}/json")
+    return sum(1 for r in engine.requests if r.startswith("GET /containers/") and len(r) > 70)
+
+
+async def test_the_periodic_reconcile_does_not_hold_new_events(
+    fake_docker: FakeDockerEngine,
+    fake_client: DockerClient,
+    lifecycle: RecordingLifecycle,
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    with trio.fail_after(400):
+        async with event_stream(fake_client, lifecycle, DockerStatus()):
+            first = fake_docker.run("fhtest-first")
+            await wait_for(lambda: lifecycle.tty(first) is not None)
+            gate = fake_docker.hold(r"^GET /containers/json$")  # the listing comes back late
+            await wait_for(lambda: fake_docker.requests.count("GET /containers/json") == 2, 1.0)
+            # The periodic reconcile waits for its listing; a start meanwhile is handled now.
+            late = fake_docker.run("fhtest-late")
+            with trio.fail_after(1):
+                await wait_for(lambda: lifecycle.tty(late) is not None)
+            gate.set()
+            await wait_for(lambda: lifecycle.calls[-1][0] == "reconciled")
+            # The listing predates `late`'s start: its view must not take `late`'s TTY away.
+            assert lifecycle.calls[-1] == ("reconciled", first)
+            assert lifecycle.tty(late) == "11"
+            assert lifecycle.registry.get(late) is not None
+
+
+async def test_an_event_newer_than_the_reconciles_inspect_wins(
+    fake_docker: FakeDockerEngine,
+    fake_client: DockerClient,
+    lifecycle: RecordingLifecycle,
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    with trio.fail_after(400):
+        async with event_stream(fake_client, lifecycle, DockerStatus()):
+            victim = fake_docker.run("fhtest-victim")
+            await wait_for(lambda: lifecycle.tty(victim) is not None)
+            # The reconcile's inspect says "running", but reaches us only after the die.
+            gate = fake_docker.hold(rf"^GET /containers/{victim}/json$")
+            await wait_for(lambda: inspects(fake_docker, victim) == 2, step=1.0)
+            fake_docker.kill(victim)
+            with trio.fail_after(1):
+                await wait_for(lambda: not (lifecycle.mappings / victim).exists())
+            gate.set()
+            await wait_for(lambda: lifecycle.calls[-1][0] == "reconciled")
+            assert lifecycle.calls[-1] == ("reconciled", victim)  # its stale view...
+    assert not (lifecycle.mappings / victim).exists()  # ...is not applied
+    assert lifecycle.registry.records() == []
+    assert lifecycle.registry.free_ttys == 54
+
+
+async def test_the_reconcile_inspects_concurrently_within_a_bound(
+    fake_docker: FakeDockerEngine,
+    fake_client: DockerClient,
+    lifecycle: RecordingLifecycle,
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    containers = [fake_docker.run() for _ in range(3 * INSPECT_CONCURRENCY)]
+    with trio.fail_after(400):
+        async with event_stream(fake_client, lifecycle, DockerStatus()):
+            before = inspects(fake_docker)
+            gate = fake_docker.hold(r"^GET /containers/[0-9a-f]{64}/json$", times=None)
+            await wait_for(lambda: inspects(fake_docker) > before, step=1.0)
+            await trio.sleep(1)
+            assert inspects(fake_docker) - before == INSPECT_CONCURRENCY
+            gate.set()
+            await wait_for(lambda: lifecycle.calls[-1][0] == "reconciled")
+            assert inspects(fake_docker) - before == len(containers)
+    assert len(lifecycle.registry.records()) == len(containers)

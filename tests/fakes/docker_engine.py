@@ -16,7 +16,7 @@ Use inside a trio test:
         engine.fail(r"GET /containers/json", 500)     # error answers on chosen paths
         engine.fail_inspect(cid, 500)                 # one container's inspect errs
         engine.cut(r"GET /containers/json", times=1)  # connection closed, no answer
-        gate = engine.hold(rf"GET /containers/{cid}/json")   # held until gate.set()
+        gate = engine.hold(rf"GET /containers/{cid}/json")   # sent when gate.set()
         engine.pause(cid); engine.unpause(cid)        # State.Paused, pause/unpause events
         await engine.burst(1000)                      # N die events of unknown ids
 
@@ -142,7 +142,8 @@ class FakeDockerEngine:
         self._failures.append(_Failure(re.compile(pattern), None, "", times))
 
     def hold(self, pattern: str, *, times: int | None = 1) -> trio.Event:
-        """Hold matching requests until the returned event is set, then answer normally."""
+        """Answer matching requests as of their arrival, but only once the returned event is
+        set (a stale view reaching the client late)."""
         gate = trio.Event()
         self._failures.append(_Failure(re.compile(pattern), None, "", times, gate))
         return gate
@@ -345,14 +346,11 @@ class FakeDockerEngine:
         self.requests.append(f"{method} {path}")
         if self.hang:
             await trio.sleep_forever()
+        failure = self._matching_failure(f"{method} {path}")
         try:
-            failure = self._matching_failure(f"{method} {path}")
-            if failure is not None and failure.gate is not None:
-                await failure.gate.wait()
-            elif failure is not None and failure.status is None:
-                raise _CutConnection
-            elif failure is not None:
-                assert failure.status is not None
+            if failure is not None and failure.gate is None:
+                if failure.status is None:
+                    raise _CutConnection
                 raise HttpError(failure.status, failure.message)
             if method == "GET" and path == "/events":
                 await self._events(stream, conn, query)
@@ -362,6 +360,10 @@ class FakeDockerEngine:
             status, payload = self._route(method, path, query, body)
         except HttpError as exc:
             status, payload = exc.status, {"message": exc.message}
+        if failure is not None and failure.gate is not None:
+            # The answer is made now and sent later: what the client gets is a view of the
+            # past, as from a dockerd slow to send it (the client's view of it is stale).
+            await failure.gate.wait()
         await _send(stream, conn, status, payload)
 
     def _matching_failure(self, request_line: str) -> _Failure | None:
