@@ -153,6 +153,11 @@ class ContainerLifecycle:
                 await self.on_running(info)
         self._remove_orphan_dirs()
 
+    def known_host_ports(self) -> dict[str, int]:
+        """Id → host port of every registered container: a reconcile confirms with an
+        inspect only the containers Docker's listing shows otherwise."""
+        return {record.id: record.host_port for record in self._registry.records()}
+
     async def set_start_values(
         self, host_port: int, *, dpi: int, container_arn: str | None = None
     ) -> ContainerRecord:
