@@ -18,12 +18,19 @@ Design (see docs/docker.md for the long version):
 * Only `start`, `die` and `destroy` are subscribed: `start` is the only way a container
   becomes running, `die` is the first sign it stopped (`kill`/`stop` may not end it; `oom`
   is followed by `die`), `destroy` covers removal without a seen `die`.
-* Events that were queued before a reconcile finished are older than that reconcile's
+* Events that were queued before the reconcile of a (re)connect finished are older than its
   snapshot, so they are checked against dockerd before acting on them: a replayed `die` of a
   container that has since been restarted must not take its TTY away.
+* The periodic reconcile runs beside the processor and never holds new events; containers
+  with an event newer than its snapshot are left to their events. A steady reconcile is one
+  listing: only entries that would change something are confirmed by (bounded, concurrent)
+  inspects. Paused containers are live (contract §2): the listing has no status filter.
+* An event is recorded as handled (the `since` resume point) only once it has been handled.
 
-dockerd unusable (unreachable, or answering errors) for longer than `unreachable_budget`
-raises `DockerUnreachableFatal`: the supervisor turns it into the shutdown report.
+Docker errors about one container (an inspect answered 500/409) never end the session.
+dockerd unusable (unreachable, or answering errors to `/events` or the start-up listing) for
+longer than `unreachable_budget` raises `DockerUnreachableFatal`: the supervisor turns it
+into the shutdown report.
 """
 
 from __future__ import annotations
