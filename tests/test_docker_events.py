@@ -654,3 +654,26 @@ async def test_the_reconcile_inspects_concurrently_within_a_bound(
             await wait_for(lambda: lifecycle.calls[-1][0] == "reconciled")
             assert inspects(fake_docker) == len(containers)
     assert len(lifecycle.registry.records()) == len(containers)
+
+
+async def test_one_containers_hanging_inspect_is_not_docker_unreachable(
+    fake_docker: FakeDockerEngine,
+    fake_client: DockerClient,
+    lifecycle: RecordingLifecycle,
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # dockerd's inspect waits for the container's lock (a stuck kill can hold it): the
+    # request times out while every other call is answered. A timeout of the whole engine
+    # counts toward the budget; this one is the container's problem.
+    stuck = fake_docker.create("fhtest-stuck")
+    fake_docker.hold(rf"^GET /containers/{stuck}/json$", times=None)  # never answered
+    status = DockerStatus()
+    with trio.fail_after(1000):
+        async with event_stream(fake_client, lifecycle, status, unreachable_budget=30.0):
+            fake_docker.start(stuck)
+            other = fake_docker.run("fhtest-other")
+            await trio.sleep(200)
+            assert status.connected
+            assert status.reconnects == 0
+            assert lifecycle.tty(other) == "10"  # handled once the stuck start gave up
+            assert lifecycle.tty(stuck) == "11"  # judged by the listing at the reconcile

@@ -50,6 +50,7 @@ from fractal_hostd.docker.client import (
     DockerError,
     DockerEventStream,
     DockerNotFound,
+    DockerTimeout,
     DockerUnreachable,
 )
 from fractal_hostd.docker.cursor import EventCursor
@@ -67,6 +68,8 @@ _HANDLED_ACTIONS = frozenset(CONTAINER_EVENTS["event"])
 _READER_BATCH = 64
 # Inspects of one reconcile in flight at once.
 INSPECT_CONCURRENCY = 8
+# Seconds a ping may take to tell a hung inspect (one container) from a hung dockerd.
+ENGINE_CHECK_TIMEOUT = 5.0
 # Seconds until a reconcile that could not judge everything (a listing or an inspect answered
 # with an error) is tried again, instead of waiting for the next periodic one.
 RETRY = 5.0
@@ -186,8 +189,31 @@ async def _judge(client: DockerClient, summary: dict[str, Any]) -> ContainerInfo
         return ContainerInfo.from_summary(summary)
 
 
+class ContainerStuck(DockerError):
+    """One container's inspect timed out while dockerd answers: that container's problem
+    (dockerd's inspect waits for the container's lock, which a stuck kill can hold)."""
+
+    def __init__(self, container_id: str) -> None:
+        super().__init__(504, f"inspect of {container_id[:12]} timed out; dockerd answers")
+
+
 async def _inspect_info(client: DockerClient, container_id: str) -> ContainerInfo:
-    return ContainerInfo.from_inspect(await client.inspect_container(container_id))
+    try:
+        return ContainerInfo.from_inspect(await client.inspect_container(container_id))
+    except DockerTimeout:
+        if await _engine_answers(client):
+            raise ContainerStuck(container_id) from None
+        raise
+
+
+async def _engine_answers(client: DockerClient) -> bool:
+    with trio.move_on_after(ENGINE_CHECK_TIMEOUT):
+        try:
+            await client.ping()
+        except (DockerUnreachable, DockerError):
+            return False
+        return True
+    return False
 
 
 def _action(event: dict[str, Any]) -> str:
