@@ -70,7 +70,8 @@ class FakeTools:
         self.control.write_text(json.dumps(control))
 
     def behave(self, role: str, **behaviour: Any) -> None:
-        """exit=int, stderr=str, sleep=seconds, mount=bool (rclone mount adds a mount line)."""
+        """exit=int, stderr=str, sleep=seconds, mount=bool (rclone mount adds a mount line),
+        ignore_sigterm=bool."""
         self.roles[role] = behaviour
         self._write_control()
 
