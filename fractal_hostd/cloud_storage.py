@@ -125,8 +125,15 @@ class CloudStorage:
         token: OAuthToken,
         client_id: str | None,
         client_secret: str | None,
+        is_current: Callable[[], bool] | None = None,
     ) -> Path:
-        """The mount point once the mount is live; MountFailed (message safe to show) otherwise."""
+        """The mount point once the mount is live; MountFailed (message safe to show) otherwise.
+
+        `is_current` says whether `container_id` still holds `host_port`. It is asked once the
+        request has its turn (requests for one mount point run one after the other): a request
+        of a container that died while it waited must not replace the mount that the port's
+        next container made meanwhile.
+        """
         if provider not in PROVIDERS:
             raise MountFailed(f"provider must be one of: {', '.join(PROVIDERS)}")
         if not 1 <= host_port <= 65535:
@@ -144,6 +151,8 @@ class CloudStorage:
         key = (host_port, provider)
         secrets = secret_values(token, client_secret)
         async with self._locks[key]:
+            if is_current is not None and not is_current():
+                raise MountFailed(f"no container with host port {host_port}")
             try:
                 return await self._mount_locked(key, container_id, backend, config_text, secrets)
             except OSError as exc:  # mountinfo unreadable, config not writable, ...

@@ -203,6 +203,31 @@ async def test_new_container_on_the_same_port_gets_a_fresh_mount(
     assert tools.mounted().count(str(mount_point).replace(" ", "\\040")) == 1
 
 
+async def test_request_of_a_container_gone_while_it_waited_spares_the_new_containers_mount(
+    storage: CloudStorage, tools: FakeTools
+) -> None:
+    # The old container's request waited for its turn while the port's next container mounted
+    # the same provider; by then the old container is gone.
+    mount_point = await mount(storage, container_id=OTHER_CONTAINER_ID)
+
+    with pytest.raises(MountFailed, match=f"no container with host port {PORT}"):
+        with trio.fail_after(LIMIT):
+            await storage.mount(
+                host_port=PORT,
+                container_id=CONTAINER_ID,
+                provider="google_drive",
+                token=TOKEN,
+                client_id=None,
+                client_secret=None,
+                is_current=lambda: False,
+            )
+
+    assert tools.calls("fusermount3") == []
+    assert len(tools.calls("rclone")) == 1
+    assert storage.mounted_providers(PORT) == ["google_drive"]
+    assert str(mount_point).replace(" ", "\\040") in tools.mounted()
+
+
 async def test_a_vanished_mount_is_mounted_again(storage: CloudStorage, tools: FakeTools) -> None:
     mount_point = await mount(storage)
     tools.mountinfo.write_text(tools.mounted().replace("fuse.rclone google_drive", "gone"))
