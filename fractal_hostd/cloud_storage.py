@@ -26,7 +26,7 @@ from pathlib import Path
 import trio
 
 from fractal_hostd.cloud_storage_check import check_prerequisites
-from fractal_hostd.cloud_storage_layout import Key, Layout
+from fractal_hostd.cloud_storage_layout import Key, Layout, UnsafePath
 from fractal_hostd.fuse_unmount import DEFAULT_UNMOUNT_COMMANDS, lazy_unmount
 from fractal_hostd.mountinfo import (
     PROC_MOUNTINFO,
@@ -286,9 +286,11 @@ class CloudStorage:
 
     def _prepare(self, key: Key, config_text: str) -> str | None:
         try:
+            self._layout.make_mount_point(key)
             ensure_private_dir(self._layout.config_dir)
             write_private_file(self._layout.config_path(key), config_text)
-            self._layout.mount_point(key).mkdir(mode=0o755, parents=True, exist_ok=True)
+        except UnsafePath as exc:
+            return f"not mounting: {exc.strerror}"
         except OSError as exc:
             return f"cannot prepare the mount: {exc.strerror} ({exc.filename})"
         return None
@@ -315,15 +317,29 @@ class CloudStorage:
         """Unmount what is at this key's mount point, remove its files and empty dirs."""
         mount_point = self._layout.mount_point(key)
         known = self._mounts.pop(key, None)
-        if is_mounted(await self._read_mounts(), mount_point) and await lazy_unmount(
-            mount_point, self._unmount_commands, per_command_limit=self._unmount_timeout
-        ):
+        if is_mounted(await self._read_mounts(), mount_point) and await self._unmount(mount_point):
             container_id = known.container_id if known else None
             logger.info(
                 "cloud storage unmounted",
                 extra={"host_port": key[0], "provider": key[1], "container_id": container_id},
             )
         await trio.to_thread.run_sync(self._layout.remove_key_files, key)
+
+    async def _unmount(self, mount_point: Path) -> bool:
+        """Lazy unmount, only of a path verified link-free: a link planted on the way would
+        make the tool unmount whatever it points to (another container's Drive)."""
+        if not await trio.to_thread.run_sync(
+            self._layout.is_link_free, mount_point, abandon_on_cancel=True
+        ):
+            logger.error(
+                "not unmounting %s: a symbolic link or a non-directory on its path",
+                mount_point,
+                extra={"mount_point": str(mount_point)},
+            )
+            return False
+        return await lazy_unmount(
+            mount_point, self._unmount_commands, per_command_limit=self._unmount_timeout
+        )
 
     async def _sweep_mounts(self, directory: Path, tried: set[Path] | None = None) -> None:
         """Unmount every mount below `directory` that is neither one of ours nor already
@@ -333,11 +349,7 @@ class CloudStorage:
             for entry in mounts_under(await self._read_mounts(), directory):
                 if entry.mount_point not in ours | (tried or set()):
                     logger.info("unmounting leftover %s", entry.mount_point)
-                    await lazy_unmount(
-                        entry.mount_point,
-                        self._unmount_commands,
-                        per_command_limit=self._unmount_timeout,
-                    )
+                    await self._unmount(entry.mount_point)
             await trio.to_thread.run_sync(self._layout.remove_empty_dirs, directory, ours)
         except Exception:
             logger.exception("cloud storage sweep of %s failed", directory)
