@@ -2,7 +2,7 @@
 
     $root/cloudStorage/<host_port>/<Google Drive|Dropbox>   mount points (dirs 0755)
     <config_dir>/<host_port>-<provider>.conf               rclone config, 0600, dir 0700
-    <config_dir>/cache/<host_port>-<provider>/             rclone's VFS write cache
+    (rclone's VFS write caches: rclone_cache.py)
 
 Removal under $root/cloudStorage is `rmdir` only, never recursive: a mount point that is
 still (or again) a FUSE mount holds somebody's Drive, and a recursive delete would go
@@ -21,10 +21,8 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import json
 import logging
 import os
-import shutil
 from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -149,10 +147,6 @@ class Layout:
         except OSError:
             return []
 
-    @property
-    def cache_root(self) -> Path:
-        return self.config_dir / "cache"
-
     def port_dir(self, host_port: int) -> Path:
         return self.base / str(host_port)
 
@@ -162,37 +156,14 @@ class Layout:
     def config_path(self, key: Key) -> Path:
         return self.config_dir / config_file_name(*key)
 
-    def cache_dir(self, key: Key) -> Path:
-        return self.cache_root / _stem(key)
-
-    def pending_uploads(self, key: Key) -> int:
-        """Files rclone's VFS cache has yet to upload: their metadata says "Dirty": true.
-
-        Relies on rclone's cache layout (`vfsMeta/<remote>/<path>`, one JSON object per
-        file), the same since rclone 1.53.
-        """
-        count = 0
-        for meta in (self.cache_dir(key) / "vfsMeta").rglob("*"):
-            try:
-                dirty = meta.is_file() and json.loads(meta.read_text()).get("Dirty") is True
-            except OSError:
-                continue  # removed meanwhile: nothing left to upload
-            except (ValueError, AttributeError):
-                # rclone rewrites metadata in place: right after a close the file can be
-                # empty or half written. Count it as pending; the next look sees it whole.
-                dirty = True
-            count += 1 if dirty else 0
-        return count
-
     def remove_key_files(self, key: Key) -> None:
-        """Config (and rclone's own save files), cache, and the mount dirs if empty."""
+        """Config (and rclone's own save files) and the mount dirs if empty."""
         name = config_file_name(*key)
         if self.config_dir.is_dir():
             # rclone saves refreshed tokens through `<name><random>` and `<name>.old`.
             for path in self.config_dir.glob(f"{name}*"):
                 path.unlink(missing_ok=True)
             self.config_dir.joinpath(f".{name}.tmp").unlink(missing_ok=True)
-        shutil.rmtree(self.cache_dir(key), ignore_errors=True)
         self.rmdir_if_empty(self.mount_point(key))
         self.rmdir_if_empty(self.port_dir(key[0]))
 
@@ -211,22 +182,11 @@ class Layout:
             return
         stems = {_stem(key) for key in keep}
         for path in self.config_dir.iterdir():
-            if path == self.cache_root:
-                for cache in _private_subdirs(path):
-                    if cache.name not in stems:
-                        shutil.rmtree(cache, ignore_errors=True)
-            elif not any(path.name.lstrip(".").startswith(stem + ".") for stem in stems):
+            if path.is_dir():  # not ours: config files only (caches live elsewhere)
+                continue
+            if not any(path.name.lstrip(".").startswith(stem + ".") for stem in stems):
                 path.unlink(missing_ok=True)
 
 
 def _stem(key: Key) -> str:
     return config_file_name(*key).removesuffix(".conf")
-
-
-def _private_subdirs(directory: Path) -> list[Path]:
-    """Subdirectories of a directory in the private dir (root's alone: no link to fear)."""
-    try:
-        with os.scandir(directory) as entries:
-            return [Path(e.path) for e in entries if e.is_dir(follow_symlinks=False)]
-    except OSError:
-        return []

@@ -74,6 +74,7 @@ def local_storage(root: Path, config_dir: Path, backend_dir: Path) -> CloudStora
     return CloudStorage(
         root=root,
         config_dir=config_dir,
+        cache_dir=config_dir.parent.parent / "rclone-cache",
         options=MountOptions(write_back=0.1),
         backend_override=lambda host_port, provider: Backend("local", str(backend_dir)),
     )
@@ -189,6 +190,7 @@ async def test_a_file_saved_just_before_the_container_dies_is_uploaded(
     storage = CloudStorage(
         root=root,
         config_dir=config_dir,
+        cache_dir=config_dir.parent.parent / "rclone-cache",
         backend_override=lambda host_port, provider: Backend("local", str(backend_dir)),
     )
     with trio.fail_after(LIMIT):
@@ -196,6 +198,31 @@ async def test_a_file_saved_just_before_the_container_dies_is_uploaded(
         await trio.to_thread.run_sync((mount_point / "saved.txt").write_text, "last words")
 
         await storage.unmount_container(PORT)
+
+        assert (backend_dir / "saved.txt").read_text() == "last words"
+        assert not is_mounted(await read_mounts(), mount_point)
+
+
+@pytest.mark.fuse
+@needs_fuse
+async def test_a_file_saved_just_before_the_service_stops_is_uploaded(
+    root: Path, config_dir: Path, backend_dir: Path
+) -> None:
+    """Production write-back delay (1 s); stop right after the write, under the supervisor's
+    4 s unmount budget: the stop path lets the upload finish, then unmounts."""
+    storage = CloudStorage(
+        root=root,
+        config_dir=config_dir,
+        cache_dir=config_dir.parent.parent / "rclone-cache",
+        unmount_timeout=1.5,
+        backend_override=lambda host_port, provider: Backend("local", str(backend_dir)),
+    )
+    with trio.fail_after(LIMIT):
+        mount_point = await mount(storage)
+        await trio.to_thread.run_sync((mount_point / "saved.txt").write_text, "last words")
+
+        with trio.move_on_after(4.0):
+            await storage.unmount_all()
 
         assert (backend_dir / "saved.txt").read_text() == "last words"
         assert not is_mounted(await read_mounts(), mount_point)
@@ -257,7 +284,12 @@ async def test_remove_leftovers_unmounts_what_a_previous_run_left(
 async def test_drive_with_made_up_tokens_fails_with_rclones_reason(
     root: Path, config_dir: Path
 ) -> None:
-    storage = CloudStorage(root=root, config_dir=config_dir, mount_timeout=10.0)
+    storage = CloudStorage(
+        root=root,
+        config_dir=config_dir,
+        cache_dir=config_dir.parent.parent / "rclone-cache",
+        mount_timeout=10.0,
+    )
     with trio.fail_after(LIMIT), pytest.raises(MountFailed) as failure:
         await mount(storage)
 
