@@ -300,3 +300,43 @@ async def test_drive_with_made_up_tokens_fails_with_rclones_reason(
     assert_no_secret(message)
     assert not (root / "cloudStorage" / str(PORT)).exists()
     assert not any(p.is_file() for p in config_dir.rglob("*"))
+
+
+@pytest.mark.fuse
+@needs_fuse
+async def test_a_file_left_pending_at_stop_is_uploaded_by_the_containers_next_mount(
+    root: Path, config_dir: Path, backend_dir: Path
+) -> None:
+    """The stop's budget runs out before the write-back (60 s): the file stays in the kept
+    cache, and the same container's mount after the restart uploads it."""
+    cache_dir = config_dir.parent.parent / "rclone-cache"
+
+    def storage_with(write_back: float) -> CloudStorage:
+        return CloudStorage(
+            root=root,
+            config_dir=config_dir,
+            cache_dir=cache_dir,
+            unmount_timeout=1.5,
+            options=MountOptions(write_back=write_back),
+            backend_override=lambda host_port, provider: Backend("local", str(backend_dir)),
+        )
+
+    before_stop = storage_with(60.0)
+    with trio.fail_after(LIMIT):
+        mount_point = await mount(before_stop)
+        await trio.to_thread.run_sync((mount_point / "saved.txt").write_text, "last words")
+        with trio.move_on_after(2.0):
+            await before_stop.unmount_all()
+        assert not (backend_dir / "saved.txt").exists()
+        while is_mounted(await read_mounts(), mount_point):  # the lazy unmount completing
+            await trio.sleep(0.1)
+        # The stop removes the private dir; the cache is elsewhere and stays.
+        shutil.rmtree(config_dir.parent)
+
+        after_restart = storage_with(0.1)
+        await after_restart.remove_leftovers()
+        await mount(after_restart)
+        while not (backend_dir / "saved.txt").exists():
+            await trio.sleep(0.1)
+        assert (backend_dir / "saved.txt").read_text() == "last words"
+        await after_restart.unmount_all()
