@@ -248,11 +248,14 @@ class CloudStorage:
                         keep_pending=True,
                     )
                 )
-        await self.remove_leftovers()
+        await self._remove_leftovers(report_kept=False)  # each was reported just now
 
     async def remove_leftovers(self) -> None:
         """At start-up: mounts under $root/cloudStorage (from mountinfo), stale config
         files, caches with nothing left to upload, empty mount directories. Never raises."""
+        await self._remove_leftovers(report_kept=True)
+
+    async def _remove_leftovers(self, *, report_kept: bool) -> None:
         await self._sweep_mounts(self._layout.base)
         try:
             await trio.to_thread.run_sync(self._layout.remove_stale_files, set(self._mounts))
@@ -261,7 +264,7 @@ class CloudStorage:
         except Exception:
             logger.exception("could not remove stale cloud-storage files")
             return
-        for cache_dir, pending in kept:
+        for cache_dir, pending in kept if report_kept else []:
             logger.warning(
                 "kept an rclone cache with %d upload(s) not yet sent, for its next mount",
                 pending,

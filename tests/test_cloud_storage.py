@@ -677,12 +677,15 @@ async def test_unmount_all_keeps_what_is_left_at_its_deadline_for_the_next_mount
     messages = [r.getMessage() for r in caplog.records]
     assert "unmounting with 1 upload(s) still pending" in messages
     assert "1 upload(s) not sent at stop: kept in the cache for the next mount" in messages
+    kept_at_start = "kept an rclone cache with 1 upload(s) not yet sent, for its next mount"
+    assert kept_at_start not in messages  # said once at stop, not twice
 
     # The service starts again: the cache stays, and the container's next mount gets it.
     restarted = tools.storage(root, config_dir)
     with trio.fail_after(LIMIT):
         await restarted.remove_leftovers()
     assert meta.exists()
+    assert kept_at_start in [r.getMessage() for r in caplog.records]
     await mount(restarted)
     argv = tools.calls("rclone")[-1]["argv"]
     assert argv[argv.index("--cache-dir") + 1] == str(meta.parents[2])
