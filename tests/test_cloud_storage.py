@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from fractal_hostd import rclone_mount
+from fractal_hostd import child_process, rclone_mount
 from fractal_hostd.cloud_storage import CloudStorage, MountFailed, OAuthToken
 from tests.cloud_storage_fixtures import (
     ACCESS_TOKEN,
@@ -518,10 +518,13 @@ async def test_unmount_all_is_not_held_up_by_one_hanging_unmount_tool(
     storage = tools.storage(root, config_dir, unmount_timeout=1.0)
     first = await mount(storage, host_port=32768)
     second = await mount(storage, "dropbox", host_port=32769)
-    tools.behave("fusermount3", sleep=30)
+    tools.behave("fusermount3", sleep=30, ignore_sigterm=True)
 
+    started = trio.current_time()
     with trio.move_on_after(1.9):  # the supervisor's bound: < 2 x the per-command limit
         await storage.unmount_all()
+    # The hung tool is killed, not waited for (trio.run_process: SIGTERM, 5 s, SIGKILL).
+    assert trio.current_time() - started < 1.9 + child_process.KILL_GRACE
 
     unmounted = {call["argv"][-1] for call in tools.calls("fusermount")}
     assert unmounted >= {str(first), str(second)}

@@ -340,3 +340,49 @@ async def test_a_file_left_pending_at_stop_is_uploaded_by_the_containers_next_mo
             await trio.sleep(0.1)
         assert (backend_dir / "saved.txt").read_text() == "last words"
         await after_restart.unmount_all()
+
+
+@pytest.mark.fuse
+@needs_fuse
+@pytest.mark.parametrize("link_at", ["port dir", "provider folder"])
+async def test_a_planted_link_gets_no_mount_and_no_unmount(
+    storage: CloudStorage, root: Path, tmp_path: Path, link_at: str
+) -> None:
+    """On the kernel's own mount table: nothing mounted through the link, its target (here
+    another live mount, someone else's Drive) left mounted."""
+    victim = tmp_path / "victim"
+    (victim / "Google Drive").mkdir(parents=True)
+    (root / "cloudStorage" / str(PORT)).mkdir(parents=True)
+    if link_at == "port dir":
+        (root / "cloudStorage" / str(PORT)).rmdir()
+        (root / "cloudStorage" / str(PORT)).symlink_to(victim)
+        target = victim / "Google Drive"
+    else:
+        (root / "cloudStorage" / str(PORT) / "Google Drive").symlink_to(victim / "Google Drive")
+        target = victim / "Google Drive"
+    other = await storage.mount(
+        host_port=PORT + 1,
+        container_id=CONTAINER_ID,
+        provider="google_drive",
+        token=TOKEN,
+        client_id=CLIENT_ID,
+        client_secret=CLIENT_SECRET,
+    )
+
+    with trio.fail_after(LIMIT), pytest.raises(MountFailed, match="symbolic link"):
+        await mount(storage)
+    mounts = await read_mounts()
+    assert mounts_under(mounts, victim) == []
+    assert not is_mounted(mounts, target)
+
+    # A mount listed at the linked name would be unmounted through the link: put the victim
+    # link on the other (live) mount, then clean the port up.
+    link = root / "cloudStorage" / str(PORT)
+    if link_at == "port dir":
+        link.unlink()
+        link.symlink_to(other.parent)
+    with trio.fail_after(LIMIT):
+        await storage.unmount_container(PORT)
+        await storage.remove_leftovers()
+    assert is_mounted(await read_mounts(), other)
+    assert (victim / "Google Drive").is_dir()
