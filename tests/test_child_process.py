@@ -165,3 +165,33 @@ async def test_cancelled_child_is_killed(tmp_path: Path) -> None:
         pid = int(pid_file.read_text())
         while Path(f"/proc/{pid}").exists():
             await trio.sleep(0.05)
+
+
+def test_every_process_the_package_starts_gets_the_allow_listed_environment() -> None:
+    """A guard against drift: each call that starts a process passes env=child_environment()."""
+    import ast
+
+    import fractal_hostd
+
+    starters = {
+        "subprocess.run",
+        "subprocess.Popen",
+        "subprocess.call",
+        "subprocess.check_call",
+        "subprocess.check_output",
+        "trio.run_process",
+        "trio.lowlevel.open_process",
+        "os.system",
+        "os.posix_spawn",
+    }
+    package = Path(fractal_hostd.__file__).parent
+    calls = []
+    for source in sorted(package.rglob("*.py")):
+        for node in ast.walk(ast.parse(source.read_text())):
+            if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
+                continue
+            if ast.unparse(node.func) in starters:
+                env = {k.arg: ast.unparse(k.value) for k in node.keywords}.get("env")
+                calls.append((f"{source.name}:{node.lineno}", env))
+    assert calls, "found no process starts: the guard looks in the wrong place"
+    assert [where for where, env in calls if env != "child_environment()"] == []
