@@ -4,7 +4,7 @@ the other tasks. Pure (no I/O): publishing is synchronous and never waits."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import pytest
@@ -17,9 +17,9 @@ def _event(action: str, number: int = 0) -> dict[str, Any]:
     return {"Type": "container", "Action": action, "timeNano": number}
 
 
-def _is(action: str) -> Any:
+def _is(action: str) -> Callable[[Mapping[str, Any]], bool]:
     def wanted(event: Mapping[str, Any]) -> bool:
-        return event["Action"] == action
+        return bool(event["Action"] == action)
 
     return wanted
 

@@ -596,10 +596,10 @@ async def test_the_service_with_the_ecs_agent_has_one_event_subscription(tmp_pat
                 assert peers.docker.containers[agent].running
                 assert peers.docker.subscribers == 1
                 peers.docker.kill(agent)
-                [event] = await peers.sentry.wait_for_events(1)
+                events = await peers.sentry.wait_for_events(1)
                 assert peers.docker.subscribers == 1
                 service.send_signal()
                 assert await service.wait() == 0
         logs = service.logs()
     assert "ECS agent container ecs-agent died with exit code 137" in logs
-    assert "ECS agent container ecs-agent died with exit code 137" in json.dumps(event)
+    assert "ECS agent container ecs-agent died with exit code 137" in json.dumps(events)
