@@ -41,6 +41,7 @@ from fractal_hostd.containers.lifecycle import ContainerLifecycle
 from fractal_hostd.containers.registry import ContainerRecord, ContainerRegistry
 from fractal_hostd.docker.client import DockerClient
 from fractal_hostd.docker.events import DockerUnreachableFatal, run_event_stream
+from fractal_hostd.docker.fanout import EventFanout
 from fractal_hostd.ecs_agent import EcsAgentError, run_ecs_agent
 from fractal_hostd.heartbeat import Heartbeats
 from fractal_hostd.hoststate import DrainNotice, HostState, InstanceMetadata
@@ -246,6 +247,7 @@ class Service:
 
         await self._serve_api(outer, metadata)
         await self.cloud_storage.remove_leftovers()
+        docker_events = EventFanout()  # the one /events subscription, shared with the ECS task
         await inner.start(
             _in_task_scope(
                 "docker-events",
@@ -254,11 +256,18 @@ class Service:
                 self.lifecycle,
                 unreachable_budget=config.docker_unreachable_budget,
                 status=self.state.docker,
+                fanout=docker_events,
             )
         )
         if config.start_ecs_agent:
             await inner.start(
-                _in_task_scope("ecs-agent", run_ecs_agent, docker, image=config.ecs_agent_image)
+                _in_task_scope(
+                    "ecs-agent",
+                    run_ecs_agent,
+                    docker,
+                    events=docker_events,
+                    image=config.ecs_agent_image,
+                )
             )
         if heartbeats is not None:
             await inner.start(
