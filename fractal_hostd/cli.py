@@ -83,9 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_CONFIG_ERROR
     # Imported here so `--help` and config errors stay fast and free of heavy imports.
     if args.command == "run":
-        from fractal_hostd.supervisor import run_service
-
-        return run_service(config)
+        return _run(config)
     if args.command == "check":
         from fractal_hostd.checks import check_main
 
@@ -94,6 +92,26 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     url, secret = _local_api(config)
     return status_main(url=url, secret=secret)
+
+
+def _run(config: Config) -> int:
+    """The service, once this process holds the single-instance lock (contract §7a).
+
+    The lock comes before everything with a side effect (Sentry, handshake, files, mounts, the
+    API port): a refused instance sends nothing and touches nothing of the running one.
+    """
+    from fractal_hostd.instance_lock import InstanceLocked, LockUnavailable, acquire
+
+    try:
+        # Never released: the descriptors close when the process ends, after the last
+        # cleanup, so no second instance can start while this one is still on its way out.
+        acquire(config.root, config.private_dir)
+    except (InstanceLocked, LockUnavailable) as exc:
+        print(f"fractal-hostd: {exc}", file=sys.stderr)
+        return EXIT_CONFIG_ERROR
+    from fractal_hostd.supervisor import run_service
+
+    return run_service(config)
 
 
 def _local_api(config: Config) -> tuple[str, str]:
