@@ -24,7 +24,6 @@ import gc
 import logging
 import os
 import shutil
-import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -32,7 +31,7 @@ from typing import Any
 
 import trio
 
-from fractal_hostd import __version__, sdnotify, telemetry
+from fractal_hostd import __version__, early_signals, sdnotify, telemetry
 from fractal_hostd.api.app import create_app
 from fractal_hostd.api.server import serve_api
 from fractal_hostd.cloud_storage import CloudStorage
@@ -49,6 +48,7 @@ from fractal_hostd.logs import register_secret, setup_logging
 from fractal_hostd.metrics import Metrics
 from fractal_hostd.secrets import ensure_private_dir, load_or_create_auth_secret
 from fractal_hostd.shutdown import ShutdownCause, ShutdownReport
+from fractal_hostd.signal_watch import SignalWatcher
 from fractal_hostd.spot import DrainHook, run_spot_poller
 from fractal_hostd.tls import generate_certificate
 from fractal_hostd.webserver import HandshakeFailed, WebserverClient
@@ -96,6 +96,7 @@ def _in_task_scope(
         with telemetry.task_scope(name):
             await task(*args, **kwargs, task_status=task_status)
 
+    scoped.__qualname__ = f"task:{name}"  # trio names the task after it (SIGUSR1's tree)
     return scoped
 
 
@@ -132,8 +133,21 @@ class Service:
         self._api_stop = trio.Event()
         self._signal_cause: ShutdownCause | None = None
         self._children: trio.Nursery | None = None
+        self._children_scope = trio.CancelScope()
+        self._stopping = False  # the children are gone: the shutdown path runs
 
     async def run(self) -> int:
+        # One signal handling for the whole life, shutdown path included (signal_watch): the
+        # receiver opens before the first side effect and closes after the last.
+        with trio.open_signal_receiver(*early_signals.HANDLED) as signals:
+            async with trio.open_nursery() as process:
+                process.start_soon(SignalWatcher(on_stop=self._stop_on_signal).run, signals)
+                try:
+                    return await self._run()
+                finally:
+                    process.cancel_scope.cancel()
+
+    async def _run(self) -> int:
         telemetry.init_sentry(
             dsn=self.config.sentry_dsn.reveal() if self.config.sentry_dsn else None,
             enabled=self.config.sentry_enabled,
@@ -147,13 +161,21 @@ class Service:
                 os.geteuid(),
             )
             return EXIT_CONFIG_ERROR
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-            async with self._clients() as (docker, imds, webserver):
-                cause = await self._supervise(signals, docker, imds, webserver)
-                sdnotify.stopping()
-                await self._clean_up_locally()
-                await self.report.run(cause)
+        async with self._clients() as (docker, imds, webserver):
+            cause = await self._supervise(docker, imds, webserver)
+            sdnotify.stopping()
+            await self._clean_up_locally()
+            await self.report.run(cause)
         return cause.exit_code
+
+    def _stop_on_signal(self, signum: int) -> bool:
+        """The first stop signal cancels the children; False once the shutdown path runs."""
+        if self._stopping or self._signal_cause is not None:
+            return False
+        self._signal_cause = ShutdownCause.from_signal(signum)
+        # Cancelled before it is entered, the scope cancels start-up at its first checkpoint.
+        self._children_scope.cancel()
+        return True
 
     @contextlib.asynccontextmanager
     async def _clients(
@@ -172,7 +194,6 @@ class Service:
 
     async def _supervise(
         self,
-        signals: AsyncIterator[int],
         docker: DockerClient,
         imds: ImdsClient | None,
         webserver: WebserverClient | None,
@@ -181,14 +202,15 @@ class Service:
         try:
             async with trio.open_nursery() as outer:
                 try:
-                    async with trio.open_nursery() as inner:
-                        self._children = inner
-                        inner.start_soon(self._watch_signals, signals, inner.cancel_scope)
-                        await self._start_up(outer, inner, docker, imds, webserver)
+                    with self._children_scope:
+                        async with trio.open_nursery() as inner:
+                            self._children = inner
+                            await self._start_up(outer, inner, docker, imds, webserver)
                 except BaseException as exc:
                     # Held, not raised: an exception leaving this body would make the outer
                     # nursery cancel hypercorn at once and cut the in-flight requests.
                     errors.append(exc)
+                self._stopping = True
                 # The children are gone: let hypercorn finish in-flight requests, then stop.
                 self._api_stop.set()
         except BaseException as exc:  # the API server itself failed
@@ -201,13 +223,6 @@ class Service:
             # The children only end by a signal, a crash or a fatal error; anything else is a bug.
             return ShutdownCause("crash", "crash: supervisor children ended unexpectedly")
         return self._signal_cause
-
-    async def _watch_signals(self, signals: AsyncIterator[int], children: trio.CancelScope) -> None:
-        async for signum in signals:
-            self._signal_cause = ShutdownCause.from_signal(signum)
-            logger.info("received %s: shutting down", signal.Signals(signum).name)
-            children.cancel()
-            return
 
     async def _start_up(
         self,

@@ -7,13 +7,23 @@ are printed for the notes (`pytest -s`).
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import trio
 
-from tests.service_harness import REPO, running_peers, running_service, service_env
+from fractal_hostd import early_signals
+from tests.service_harness import (
+    REPO,
+    ServiceProcess,
+    running_peers,
+    running_service,
+    service_env,
+)
 
 START_BOUND = 60
 EXIT_BOUND = 30
@@ -86,3 +96,120 @@ async def test_second_instance_exits_2_and_touches_nothing(tmp_path: Path) -> No
                 assert await first.wait() == 0
         dying = [hb for hb in peers.webserver.heartbeats if hb["IsDyingHeartbeat"]]
         assert len(dying) == 1  # the first instance's own, at its own stop
+
+
+def _caught_signals(pid: int) -> int:
+    """The SigCgt mask of /proc/<pid>/status: signals with a handler installed."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigCgt:"):
+            return int(line.split()[1], 16)
+    return 0
+
+
+async def _ready(service: ServiceProcess) -> None:
+    """Start-up complete (heartbeat 0 answered): the service logged `ready`."""
+    with trio.fail_after(START_BOUND):
+        while '"msg": "ready"' not in service.logs():
+            await trio.sleep(0.02)
+
+
+async def _keep_signalling(service: ServiceProcess, *signums: int) -> None:
+    """Send `signums` in turn every 20 ms until the process is gone."""
+    while service.process.returncode is None:
+        for signum in signums:
+            with contextlib.suppress(ProcessLookupError):
+                service.process.send_signal(signum)
+        await trio.sleep(0.02)
+
+
+async def _exit_under_fire(service: ServiceProcess, *signums: int) -> int:
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_keep_signalling, service, *signums)
+        with trio.fail_after(EXIT_BOUND):
+            code = await service.wait()
+        nursery.cancel_scope.cancel()
+    return code
+
+
+async def test_sighup_and_sigusr1_do_not_stop_the_service(tmp_path: Path) -> None:
+    async with running_peers(tmp_path) as peers:
+        async with running_service(tmp_path, service_env(tmp_path, peers)) as service:
+            with trio.fail_after(START_BOUND):
+                await peers.webserver.wait_for_heartbeats(1)
+            service.send_signal(signal.SIGHUP)
+            service.send_signal(signal.SIGUSR1)
+            with trio.fail_after(EXIT_BOUND):
+                while "running tasks" not in service.logs():
+                    await trio.sleep(0.05)
+            await trio.sleep(0.3)
+            assert service.process.returncode is None
+            service.send_signal()
+            with trio.fail_after(EXIT_BOUND):
+                assert await service.wait() == 0
+        logs = service.logs()
+        assert "received SIGHUP" in logs
+        assert "task:heartbeats at " in logs  # the task tree: who, and where it waits
+        assert [hb["IsDyingHeartbeat"] for hb in peers.webserver.heartbeats].count(True) == 1
+
+
+async def test_repeated_stop_signals_change_nothing(tmp_path: Path) -> None:
+    """SIGTERM, then SIGTERM and SIGINT every 20 ms until the end: one report, exit 0."""
+    async with running_peers(tmp_path) as peers:
+        env = service_env(tmp_path, peers, FRACTAL_SHUTDOWN_REPORT_TIMEOUT="1")
+        async with running_service(tmp_path, env) as service:
+            await _ready(service)
+            peers.webserver.heartbeat_blackhole = True  # keeps the report busy for its budget
+            code = await _exit_under_fire(service, signal.SIGTERM, signal.SIGINT)
+        assert code == 0
+        dying = [hb for hb in peers.webserver.heartbeats if hb["IsDyingHeartbeat"]]
+        assert len(dying) == 1
+        logs = service.logs()
+        assert "Traceback" not in logs
+        assert "KeyboardInterrupt" not in logs
+        assert logs.count('"msg": "shutting down: received SIG') == 1  # one report
+        assert "while shutting down: ignored" in logs
+
+
+async def test_stop_signal_after_a_crash_keeps_exit_1(tmp_path: Path) -> None:
+    async with running_peers(tmp_path) as peers:
+        env = service_env(tmp_path, peers, FHD_TEST_CRASH_AFTER="3600")
+        argv = ("-m", "tests.crashing_service")
+        async with running_service(tmp_path, env, argv) as service:
+            await _ready(service)
+            peers.webserver.heartbeat_blackhole = True
+            service.send_signal(signal.SIGUSR2)  # crash now
+            with trio.fail_after(EXIT_BOUND):
+                while not any(hb["IsDyingHeartbeat"] for hb in peers.webserver.heartbeats):
+                    await trio.sleep(0.01)
+            code = await _exit_under_fire(service, signal.SIGTERM, signal.SIGINT)
+        assert code == 1
+        dying = [hb for hb in peers.webserver.heartbeats if hb["IsDyingHeartbeat"]]
+        assert len(dying) == 1
+        assert dying[0]["ShutdownReason"].startswith("crash: ChildCrashed")
+        assert "KeyboardInterrupt" not in service.logs()
+
+
+async def test_sigterm_right_after_exec_still_runs_the_shutdown_path(tmp_path: Path) -> None:
+    """SIGTERM as soon as every handled signal has a handler: exit 0 through the report.
+
+    The handlers are installed before the heavy imports (trio, sentry-sdk, hypercorn): the
+    signal lands while the interpreter still imports, is recorded, and honoured once trio
+    listens.
+    """
+    handled = sum(1 << (signum - 1) for signum in early_signals.HANDLED)
+    async with running_peers(tmp_path) as peers:
+        async with running_service(tmp_path, service_env(tmp_path, peers)) as service:
+            with trio.fail_after(START_BOUND):
+                while _caught_signals(service.process.pid) & handled != handled:
+                    await trio.sleep(0)
+            window = time.monotonic() - service.exec_at
+            service.send_signal()
+            with trio.fail_after(EXIT_BOUND):
+                code = await service.wait()
+        print(f"\nexec → signals handled: {window * 1000:.1f} ms (spawn included)")
+        assert code == 0
+        logs = service.logs()
+        assert "received SIGTERM: shutting down" in logs
+        assert "shutting down: received SIGTERM" in logs  # the report ran
+        assert "Traceback" not in logs
+        assert peers.webserver.handshakes == []  # stopped before start-up began
