@@ -213,3 +213,20 @@ async def test_sigterm_right_after_exec_still_runs_the_shutdown_path(tmp_path: P
         assert "shutting down: received SIGTERM" in logs  # the report ran
         assert "Traceback" not in logs
         assert peers.webserver.handshakes == []  # stopped before start-up began
+
+
+async def test_stop_during_heartbeat_0_sends_dying_heartbeat_0(tmp_path: Path) -> None:
+    """Start-up never completed (heartbeat 0 unanswered): the dying heartbeat is 0 (§4)."""
+    async with running_peers(tmp_path) as peers:
+        peers.webserver.heartbeat_blackhole = True
+        env = service_env(tmp_path, peers, FRACTAL_SHUTDOWN_REPORT_TIMEOUT="1")
+        async with running_service(tmp_path, env) as service:
+            with trio.fail_after(START_BOUND):
+                await peers.webserver.wait_for_heartbeats(1)
+            service.send_signal()
+            with trio.fail_after(EXIT_BOUND):
+                assert await service.wait() == 0
+        beats = [
+            (hb["HeartbeatNumber"], hb["IsDyingHeartbeat"]) for hb in peers.webserver.heartbeats
+        ]
+        assert beats == [(0, False), (0, True)]
