@@ -309,12 +309,33 @@ class _Parser:
 
     @staticmethod
     def check_dsn(dsn: Secret) -> None:
+        """Validated by sentry-sdk's own parser, so a DSN accepted here never fails start-up."""
         value = dsn.reveal()
         if not value.startswith(("http://", "https://")) or "@" not in value:
             # The DSN carries a key: name the variable, never echo the value.
             raise ConfigError(
                 "SENTRY_DSN is not allowed: it must look like https://<key>@<host>/<project>"
             )
+        # Imported here: sentry-sdk is heavy, and only a configured DSN needs it.
+        from sentry_sdk.utils import Dsn
+
+        try:
+            Dsn(value)
+        except Exception as exc:  # BadDsn, or ValueError from urllib (a port out of range)
+            reason = _without_key(str(exc), value)
+            raise ConfigError(
+                f"SENTRY_DSN is not allowed: sentry-sdk rejects it ({reason}); "
+                "it must look like https://<key>@<host>/<project>"
+            ) from None
+
+
+def _without_key(text: str, dsn: str) -> str:
+    """`text` with the DSN's key (its user-info part) masked, on one line."""
+    userinfo = dsn.split("://", 1)[-1].split("@", 1)[0]
+    for part in (userinfo, *userinfo.split(":")):
+        if part:
+            text = text.replace(part, "***")
+    return " ".join(text.split())
 
 
 def _is_ip_address(host: str) -> bool:
