@@ -165,10 +165,13 @@ class _Parser:
         sentry_wanted = app_env in (AppEnv.STAGING, AppEnv.PROD) or use_prod_sentry
         if sentry_dsn is not None:
             self.check_dsn(sentry_dsn)
+        root = self.path("FRACTAL_ROOT", "/fractal")
+        private_dir = self.path("FRACTAL_PRIVATE_DIR", "/fractalprivate")
+        check_private_dir(private_dir, root)
         config = Config(
             app_env=app_env,
-            root=self.path("FRACTAL_ROOT", "/fractal"),
-            private_dir=self.path("FRACTAL_PRIVATE_DIR", "/fractalprivate"),
+            root=root,
+            private_dir=private_dir,
             docker_socket=self.docker_socket(),
             api_host=api_host,
             api_port=api_port,
@@ -327,6 +330,38 @@ class _Parser:
                 f"SENTRY_DSN is not allowed: sentry-sdk rejects it ({reason}); "
                 "it must look like https://<key>@<host>/<project>"
             ) from None
+
+
+# Directories FRACTAL_PRIVATE_DIR may never be: the service makes it 0700 at start. Whole trees
+# (`/etc/ssl` included) and single directories whose children are fair game (`/var/lib/x`).
+_SYSTEM_TREES = (
+    "/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/libx32", "/proc", "/sbin",
+    "/sys", "/usr",
+)  # fmt: skip
+_SYSTEM_DIRS = frozenset(
+    {
+        "/", "/home", "/media", "/mnt", "/opt", "/root", "/run", "/run/user", "/snap", "/srv",
+        "/tmp", "/var", "/var/backups", "/var/cache", "/var/lib", "/var/local", "/var/lock",  # noqa: S108
+        "/var/log", "/var/mail", "/var/opt", "/var/run", "/var/spool", "/var/tmp",  # noqa: S108
+    }
+)  # fmt: skip
+
+
+def check_private_dir(private_dir: Path, root: Path) -> None:
+    """Refuse `/`, system directories, and FRACTAL_ROOT (shared with containers) around it."""
+    path = os.path.normpath(private_dir)
+    in_tree = any(path == tree or path.startswith(f"{tree}/") for tree in _SYSTEM_TREES)
+    if path in _SYSTEM_DIRS or in_tree:
+        raise ConfigError(
+            f"FRACTAL_PRIVATE_DIR={str(private_dir)!r} is not allowed: a system directory; use "
+            "a directory of the service's own (e.g. /fractalprivate or /var/lib/fractal-hostd)"
+        )
+    shared = os.path.normpath(root)
+    if path == shared or path.startswith(f"{shared}/") or shared.startswith(f"{path}/"):
+        raise ConfigError(
+            f"FRACTAL_PRIVATE_DIR={str(private_dir)!r} is not allowed: it must lie outside "
+            f"FRACTAL_ROOT ({root}), which containers share, and not contain it"
+        )
 
 
 def _without_key(text: str, dsn: str) -> str:

@@ -23,7 +23,6 @@ import functools
 import gc
 import logging
 import os
-import shutil
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -31,7 +30,7 @@ from typing import Any
 
 import trio
 
-from fractal_hostd import __version__, early_signals, sdnotify, telemetry
+from fractal_hostd import __version__, early_signals, private_dir, sdnotify, telemetry
 from fractal_hostd.api.app import create_app
 from fractal_hostd.api.server import serve_api
 from fractal_hostd.cloud_storage import CloudStorage
@@ -50,7 +49,7 @@ from fractal_hostd.secrets import ensure_private_dir, load_or_create_auth_secret
 from fractal_hostd.shutdown import ShutdownCause, ShutdownReport
 from fractal_hostd.signal_watch import SignalWatcher
 from fractal_hostd.spot import DrainHook, run_spot_poller
-from fractal_hostd.tls import generate_certificate
+from fractal_hostd.tls import CERT_FILE_NAME, KEY_FILE_NAME, generate_certificate
 from fractal_hostd.webserver import HandshakeFailed, WebserverClient
 
 logger = logging.getLogger(__name__)
@@ -69,7 +68,9 @@ FATAL_ERRORS: tuple[type[BaseException], ...] = (
     ApiUnavailable,
 )
 # Local cleanup (unmounts, private dir) comes before the report and has its own bound.
-LOCAL_CLEANUP_TIMEOUT = 5.0
+UNMOUNT_ALL_TIMEOUT = 4.0
+PRIVATE_DIR_REMOVAL_TIMEOUT = 1.0
+LOCAL_CLEANUP_TIMEOUT = UNMOUNT_ALL_TIMEOUT + PRIVATE_DIR_REMOVAL_TIMEOUT
 UNMOUNT_TOOL_TIMEOUT = 1.5
 EXIT_CONFIG_ERROR = 2
 API_GRACEFUL_TIMEOUT = 3.0
@@ -116,9 +117,10 @@ class Service:
         self.state = HostState(version=__version__, environment=config.app_env.value)
         self.metrics = Metrics()
         self.registry = ContainerRegistry()
+        self._rclone_config_dir = config.private_dir / "rclone"
         self.cloud_storage = CloudStorage(
             root=config.root,
-            config_dir=config.private_dir / "rclone",
+            config_dir=self._rclone_config_dir,
             # Small enough that all fallback unmount tools fit in the local-cleanup budget.
             unmount_timeout=UNMOUNT_TOOL_TIMEOUT,
         )
@@ -382,14 +384,29 @@ class Service:
         """
         # Separate bounds: a hung unmount must not keep the private directory (TLS key, rclone
         # configs with refresh tokens) on disk.
-        with trio.move_on_after(LOCAL_CLEANUP_TIMEOUT - 1, shield=True) as unmounting:
+        with trio.move_on_after(UNMOUNT_ALL_TIMEOUT, shield=True) as unmounting:
             await self.cloud_storage.unmount_all()
         if unmounting.cancelled_caught:
-            logger.error(
-                "unmounting cloud storage cut short after %.0f s", LOCAL_CLEANUP_TIMEOUT - 1
-            )
-        with trio.move_on_after(1, shield=True):
+            logger.error("unmounting cloud storage cut short after %.0f s", UNMOUNT_ALL_TIMEOUT)
+        with trio.move_on_after(PRIVATE_DIR_REMOVAL_TIMEOUT, shield=True) as removing:
+            # Abandoned, not awaited, when it overruns: a hung file system cannot hold the exit.
             await trio.to_thread.run_sync(
-                functools.partial(shutil.rmtree, self.config.private_dir, ignore_errors=True),
+                private_dir.remove_own,
+                self.config.private_dir,
+                self._own_private_entries(),
                 abandon_on_cancel=True,
             )
+        if removing.cancelled_caught:
+            logger.error(
+                "removing the private directory cut short after %.0f s", PRIVATE_DIR_REMOVAL_TIMEOUT
+            )
+
+    def _own_private_entries(self) -> tuple[str, ...]:
+        """What the service writes into FRACTAL_PRIVATE_DIR: all it may remove there (§7a)."""
+        return (
+            KEY_FILE_NAME,
+            CERT_FILE_NAME,
+            API_URL_FILE,
+            self.config.auth_secret_file.name,
+            self._rclone_config_dir.name,
+        )

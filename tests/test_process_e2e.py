@@ -230,3 +230,27 @@ async def test_stop_during_heartbeat_0_sends_dying_heartbeat_0(tmp_path: Path) -
             (hb["HeartbeatNumber"], hb["IsDyingHeartbeat"]) for hb in peers.webserver.heartbeats
         ]
         assert beats == [(0, False), (0, True)]
+
+
+async def test_stop_removes_only_what_the_service_put_in_the_private_dir(tmp_path: Path) -> None:
+    private = tmp_path / "private"
+    private.mkdir()
+    (private / "operators-notes.txt").write_text("not the service's")
+    async with (
+        running_peers(tmp_path) as peers,
+        running_service(tmp_path, service_env(tmp_path, peers)) as service,
+    ):
+        await _ready(service)
+        assert (private / "key.pem").exists()
+        service.send_signal()
+        with trio.fail_after(EXIT_BOUND):
+            assert await service.wait() == 0
+    assert sorted(p.name for p in private.iterdir()) == ["operators-notes.txt"]
+
+
+def test_system_directory_as_private_dir_exits_2(tmp_path: Path) -> None:
+    env = {"PATH": "/usr/bin:/bin", "FRACTAL_ROOT": str(tmp_path / "root")}
+    done = _run_cli(env, "run", "--private-dir", "/var/lib")
+    assert done.returncode == 2
+    assert len(done.stderr.strip().splitlines()) == 1
+    assert "FRACTAL_PRIVATE_DIR='/var/lib' is not allowed" in done.stderr
