@@ -67,13 +67,40 @@ FATAL_ERRORS: tuple[type[BaseException], ...] = (
     EcsAgentError,
     ApiUnavailable,
 )
-# Local cleanup (unmounts, private dir) comes before the report and has its own bound.
+EXIT_CONFIG_ERROR = 2
+
+# The stop path, step by step, each with a real bound (docs/architecture.md derives the unit's
+# TimeoutStopSec from these). Children cancelled: a mount failing at that moment still cleans
+# up, shielded, for at most one unmount tool's timeout.
+UNMOUNT_TOOL_TIMEOUT = 1.5
+CHILDREN_EXIT_BOUND = UNMOUNT_TOOL_TIMEOUT
+# In-flight API requests get hypercorn's graceful timeout; the margin bounds hypercorn itself
+# (its own shutdown after the drain): past it the API is cancelled outright.
+API_GRACEFUL_TIMEOUT = 3.0
+API_DRAIN_MARGIN = 0.5
+# Local cleanup: unmounts, then the private directory, each with its own bound so a hung
+# unmount cannot keep the TLS key and rclone configs on disk.
 UNMOUNT_ALL_TIMEOUT = 4.0
 PRIVATE_DIR_REMOVAL_TIMEOUT = 1.0
 LOCAL_CLEANUP_TIMEOUT = UNMOUNT_ALL_TIMEOUT + PRIVATE_DIR_REMOVAL_TIMEOUT
-UNMOUNT_TOOL_TIMEOUT = 1.5
-EXIT_CONFIG_ERROR = 2
-API_GRACEFUL_TIMEOUT = 3.0
+# Then the report (FRACTAL_SHUTDOWN_REPORT_TIMEOUT), then closing the clients of the outside
+# world (an HTTPS client's close may try to say goodbye to a blackholed peer).
+CLIENTS_CLOSE_TIMEOUT = 0.5
+# Interpreter teardown: worker threads are daemons, Sentry's client is already closed.
+PROCESS_EXIT_MARGIN = 0.5
+
+
+def stop_path_bound(config: Config) -> float:
+    """Worst case, in seconds, from a stop signal to the process's exit, every peer stuck."""
+    return (
+        CHILDREN_EXIT_BOUND
+        + API_GRACEFUL_TIMEOUT
+        + API_DRAIN_MARGIN
+        + LOCAL_CLEANUP_TIMEOUT
+        + config.shutdown_report_timeout
+        + CLIENTS_CLOSE_TIMEOUT
+        + PROCESS_EXIT_MARGIN
+    )
 
 
 def run_service(config: Config) -> int:
@@ -163,11 +190,16 @@ class Service:
                 os.geteuid(),
             )
             return EXIT_CONFIG_ERROR
-        async with self._clients() as (docker, imds, webserver):
-            cause = await self._supervise(docker, imds, webserver)
-            sdnotify.stopping()
-            await self._clean_up_locally()
-            await self.report.run(cause)
+        with trio.CancelScope() as closing:
+            async with self._clients() as (docker, imds, webserver):
+                cause = await self._supervise(docker, imds, webserver)
+                sdnotify.stopping()
+                await self._clean_up_locally()
+                await self.report.run(cause)
+                # Bounds only the clients' close, which follows.
+                closing.deadline = trio.current_time() + CLIENTS_CLOSE_TIMEOUT
+        if closing.cancelled_caught:
+            logger.warning("closing the clients cut short after %.1f s", CLIENTS_CLOSE_TIMEOUT)
         return cause.exit_code
 
     def _stop_on_signal(self, signum: int) -> bool:
@@ -215,6 +247,14 @@ class Service:
                 self._stopping = True
                 # The children are gone: let hypercorn finish in-flight requests, then stop.
                 self._api_stop.set()
+                outer.cancel_scope.deadline = (
+                    trio.current_time() + API_GRACEFUL_TIMEOUT + API_DRAIN_MARGIN
+                )
+            if outer.cancel_scope.cancelled_caught:
+                logger.warning(
+                    "the API did not stop within %.1f s: cancelled",
+                    API_GRACEFUL_TIMEOUT + API_DRAIN_MARGIN,
+                )
         except BaseException as exc:  # the API server itself failed
             errors.append(exc)
         for error in reversed(errors):  # the API's failure explains the children's cancellation

@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import ssl
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import httpx
 import trio
 
 from fractal_hostd import early_signals
 from tests.service_harness import (
+    AUTH_SECRET,
     REPO,
     ServiceProcess,
     running_peers,
@@ -254,3 +257,47 @@ def test_system_directory_as_private_dir_exits_2(tmp_path: Path) -> None:
     assert done.returncode == 2
     assert len(done.stderr.strip().splitlines()) == 1
     assert "FRACTAL_PRIVATE_DIR='/var/lib' is not allowed" in done.stderr
+
+
+async def test_crash_with_every_peer_stuck_measures_the_real_stop(tmp_path: Path) -> None:
+    """Crash while a request holds the API drain, the webserver and Sentry are blackholed.
+
+    Default report budget (5 s). Prints the time from the crash to the exit for the notes
+    (docs/architecture.md); the bound itself is asserted in virtual time (test_stop_bounds).
+    """
+    async with running_peers(tmp_path, sentry_blackhole=True) as peers:
+        env = service_env(
+            tmp_path,
+            peers,
+            FHD_TEST_CRASH_AFTER="3600",
+            FRACTAL_CONTAINER_WAIT="60",  # the request outlives the API's graceful timeout
+            FRACTAL_SHUTDOWN_REPORT_TIMEOUT="5",
+        )
+        argv = ("-m", "tests.crashing_service")
+        async with running_service(tmp_path, env, argv) as service:
+            await _ready(service)
+            peers.webserver.heartbeat_blackhole = True
+            url = (tmp_path / "private" / "api_url").read_text().strip()
+            context = ssl.create_default_context(cafile=tmp_path / "private" / "cert.pem")
+
+            async def held_request() -> None:
+                async with httpx.AsyncClient(verify=context, timeout=60) as client:
+                    with contextlib.suppress(httpx.HTTPError):
+                        await client.put(
+                            f"{url.replace('127.0.0.1', 'localhost')}/set_container_dpi",
+                            json={"host_port": 4999, "dpi": 96},
+                            headers={"Authorization": f"Bearer {AUTH_SECRET}"},
+                        )
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(held_request)
+                await trio.sleep(0.5)
+                crashed_at = service.send_signal(signal.SIGUSR2)  # crash now
+                with trio.fail_after(EXIT_BOUND):
+                    code = await service.wait()
+                stop = time.monotonic() - crashed_at
+                nursery.cancel_scope.cancel()
+        print(f"\nreal stop, crash + API drain held + webserver and Sentry stuck: {stop:.2f} s")
+        assert code == 1
+        assert [hb["IsDyingHeartbeat"] for hb in peers.webserver.heartbeats].count(True) == 1
+        assert peers.sentry.requests_seen >= 1
