@@ -64,10 +64,18 @@ async def test_second_instance_exits_2_and_touches_nothing(tmp_path: Path) -> No
         async with running_service(tmp_path, env) as first:
             with trio.fail_after(START_BOUND):
                 await peers.webserver.wait_for_heartbeats(1)
+            container_id = peers.docker.run(name="fhtest-lock")
+            mapping = tmp_path / "fractal" / "containerResourceMappings" / container_id
+            with trio.fail_after(10):
+                while not (mapping / "tty").exists():
+                    await trio.sleep(0.02)
             private = tmp_path / "private"
             before = _snapshot(private)
             assert "key.pem" in before
+            files_before = _snapshot(tmp_path / "fractal")
+            assert f"containerResourceMappings/{container_id}/tty" in files_before
             handshakes = len(peers.webserver.handshakes)
+            subscriptions = [r for r in peers.docker.requests if r.startswith("GET /events")]
             heartbeats = len(peers.webserver.heartbeats)
             # Same directories, another port; only the root shared; only the private dir shared.
             variants = [
@@ -86,6 +94,11 @@ async def test_second_instance_exits_2_and_touches_nothing(tmp_path: Path) -> No
             assert not (tmp_path / "private2").exists()
             assert not (tmp_path / "fractal2").exists()
             assert _snapshot(private) == before
+            assert _snapshot(tmp_path / "fractal") == files_before
+            # ...nor subscribed to Docker's events (the first start-up step touching Docker).
+            assert [r for r in peers.docker.requests if r.startswith("GET /events")] == (
+                subscriptions
+            )
             assert len(peers.webserver.handshakes) == handshakes
             assert len(peers.webserver.heartbeats) == heartbeats
             assert peers.sentry.events == []
