@@ -67,24 +67,23 @@ FATAL_ERRORS: tuple[type[BaseException], ...] = (
     EcsAgentError,
     ApiUnavailable,
 )
+# Local cleanup (unmounts, private dir) comes before the report and has its own bound.
+UNMOUNT_ALL_TIMEOUT = 4.0
+PRIVATE_DIR_REMOVAL_TIMEOUT = 1.0
+LOCAL_CLEANUP_TIMEOUT = UNMOUNT_ALL_TIMEOUT + PRIVATE_DIR_REMOVAL_TIMEOUT
 EXIT_CONFIG_ERROR = 2
 
-# The stop path, step by step, each with a real bound (docs/architecture.md derives the unit's
-# TimeoutStopSec from these). Children cancelled: a mount failing at that moment still cleans
-# up, shielded, for at most one unmount tool's timeout.
+# The rest of the stop path, each step with a real bound (docs/architecture.md derives the
+# unit's TimeoutStopSec from them). Children cancelled: a mount failing at that moment still
+# cleans up, shielded, for at most one unmount tool's timeout.
 UNMOUNT_TOOL_TIMEOUT = 1.5
 CHILDREN_EXIT_BOUND = UNMOUNT_TOOL_TIMEOUT
 # In-flight API requests get hypercorn's graceful timeout; the margin bounds hypercorn itself
 # (its own shutdown after the drain): past it the API is cancelled outright.
 API_GRACEFUL_TIMEOUT = 3.0
 API_DRAIN_MARGIN = 0.5
-# Local cleanup: unmounts, then the private directory, each with its own bound so a hung
-# unmount cannot keep the TLS key and rclone configs on disk.
-UNMOUNT_ALL_TIMEOUT = 4.0
-PRIVATE_DIR_REMOVAL_TIMEOUT = 1.0
-LOCAL_CLEANUP_TIMEOUT = UNMOUNT_ALL_TIMEOUT + PRIVATE_DIR_REMOVAL_TIMEOUT
-# Then the report (FRACTAL_SHUTDOWN_REPORT_TIMEOUT), then closing the clients of the outside
-# world (an HTTPS client's close may try to say goodbye to a blackholed peer).
+# After the report (FRACTAL_SHUTDOWN_REPORT_TIMEOUT): closing the clients of the outside world
+# (an HTTPS client's close may try to say goodbye to a blackholed peer).
 CLIENTS_CLOSE_TIMEOUT = 0.5
 # Interpreter teardown: worker threads are daemons, Sentry's client is already closed.
 PROCESS_EXIT_MARGIN = 0.5
