@@ -16,10 +16,10 @@ from typing import TextIO
 
 import trio
 
+from fractal_hostd import instance_lock
 from fractal_hostd.cloud_storage_check import check_prerequisites as cloud_storage_prerequisites
 from fractal_hostd.config import Config
 from fractal_hostd.docker.client import DockerClient, DockerError, DockerUnreachable
-from fractal_hostd.instance_lock import running_pid
 
 DOCKER_CHECK_TIMEOUT = 5.0
 
@@ -74,7 +74,7 @@ def check_writable_dir(name: str, path: Path) -> CheckResult:
 
 def check_instance(config: Config, lock_dir: Path | None = None) -> CheckResult:
     """A running instance for the same directories: `run` would refuse to start (exit 2)."""
-    pid = running_pid(config.root, config.private_dir, lock_dir=lock_dir)
+    pid = instance_lock.running_pid(config.root, config.private_dir, lock_dir=lock_dir)
     if pid is None:
         return CheckResult("instance", "ok", "no other instance runs for these directories")
     holder = f"pid {pid}" if pid > 0 else "pid unknown"

@@ -143,10 +143,9 @@ class Service:
         self.state = HostState(version=__version__, environment=config.app_env.value)
         self.metrics = Metrics()
         self.registry = ContainerRegistry()
-        self._rclone_config_dir = config.private_dir / "rclone"
         self.cloud_storage = CloudStorage(
             root=config.root,
-            config_dir=self._rclone_config_dir,
+            config_dir=config.private_dir / "rclone",
             # Small enough that all fallback unmount tools fit in the local-cleanup budget.
             unmount_timeout=UNMOUNT_TOOL_TIMEOUT,
         )
@@ -447,5 +446,5 @@ class Service:
             CERT_FILE_NAME,
             API_URL_FILE,
             self.config.auth_secret_file.name,
-            self._rclone_config_dir.name,
+            "rclone",  # CloudStorage's config_dir, above
         )
