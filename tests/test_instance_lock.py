@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -96,3 +100,39 @@ def test_running_pid_and_check(tmp_path: Path, lock_dir: Path) -> None:
     finally:
         held.release()
     assert check_instance(config, lock_dir).status == "ok"
+
+
+_HOLDER = """
+import subprocess, sys, time
+from pathlib import Path
+from fractal_hostd.instance_lock import acquire
+acquire(Path(sys.argv[1]), Path(sys.argv[2]), lock_dir=Path(sys.argv[3]))
+subprocess.Popen(["sleep", "60"])  # a child, as rclone is: must not inherit the lock
+print("locked", flush=True)
+time.sleep(60)
+"""
+
+
+def test_lock_goes_with_the_process_even_when_children_live_on(tmp_path: Path) -> None:
+    """kill -9 frees it; a child (rclone) neither inherits nor prolongs it."""
+    root, private, lock_dir = tmp_path / "root", tmp_path / "private", tmp_path / "run"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLDER, str(root), str(private), str(lock_dir)],
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline().strip() == "locked"
+        assert running_pid(root, private, lock_dir=lock_dir) == holder.pid
+        with pytest.raises(InstanceLocked, match=f"pid {holder.pid}"):
+            acquire(root, private, lock_dir=lock_dir)
+        holder.kill()
+        holder.wait(timeout=10)
+        assert running_pid(root, private, lock_dir=lock_dir) is None
+        acquire(root, private, lock_dir=lock_dir).release()
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(holder.pid, signal.SIGKILL)  # the orphaned `sleep` too
+        holder.wait(timeout=10)
