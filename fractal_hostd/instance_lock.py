@@ -26,11 +26,14 @@ import fcntl
 import hashlib
 import os
 import stat
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 ROOT_LOCK_DIR = Path("/run/fractal-hostd")
+_LOCK_ATTEMPTS = 5
+_LOCK_RETRY_PAUSE = 0.025
 
 
 class InstanceLocked(Exception):
@@ -88,9 +91,7 @@ def acquire(root: Path, private_dir: Path, *, lock_dir: Path | None = None) -> I
         for target in targets:
             fd = _open_lock_file(directory_fd, target.name)
             fds.append(fd)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
+            if not _try_lock(fd):
                 pid = _read_pid(fd)
                 holder = f"pid {pid}" if pid else "pid unknown"
                 raise InstanceLocked(
@@ -165,6 +166,20 @@ def _open_lock_file(directory_fd: int, name: str) -> int:
         return os.open(name, flags, 0o600, dir_fd=directory_fd)
     except OSError as exc:
         raise LockUnavailable(f"cannot open the lock file {name}: {exc.strerror}") from None
+
+
+def _try_lock(fd: int) -> bool:
+    """LOCK_EX without blocking, tried a few times over 0.1 s: `check` probes with a shared
+    lock held for microseconds, which must not make a starting instance refuse to run."""
+    for attempt in range(_LOCK_ATTEMPTS):
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if attempt + 1 < _LOCK_ATTEMPTS:
+                time.sleep(_LOCK_RETRY_PAUSE)
+            continue
+        return True
+    return False
 
 
 def _read_pid(fd: int) -> int | None:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -136,3 +138,16 @@ def test_lock_goes_with_the_process_even_when_children_live_on(tmp_path: Path) -
         with contextlib.suppress(ProcessLookupError):
             os.killpg(holder.pid, signal.SIGKILL)  # the orphaned `sleep` too
         holder.wait(timeout=10)
+
+
+def test_a_check_probing_meanwhile_does_not_refuse_a_start(tmp_path: Path, lock_dir: Path) -> None:
+    root, private = tmp_path / "root", tmp_path / "private"
+    acquire(root, private, lock_dir=lock_dir).release()
+    probe = os.open(lock_dir / lock_name("root", root), os.O_RDONLY)
+    fcntl.flock(probe, fcntl.LOCK_SH)  # what `check` holds for an instant
+    release = threading.Timer(0.03, os.close, args=(probe,))
+    release.start()
+    try:
+        acquire(root, private, lock_dir=lock_dir).release()
+    finally:
+        release.join()
