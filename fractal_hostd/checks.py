@@ -16,6 +16,7 @@ from typing import TextIO
 
 import trio
 
+from fractal_hostd import instance_lock
 from fractal_hostd.cloud_storage_check import check_prerequisites as cloud_storage_prerequisites
 from fractal_hostd.config import Config
 from fractal_hostd.docker.client import DockerClient, DockerError, DockerUnreachable
@@ -71,6 +72,20 @@ def check_writable_dir(name: str, path: Path) -> CheckResult:
     return CheckResult(name, "ok", f"{path} writable ({where})")
 
 
+def check_instance(config: Config, lock_dir: Path | None = None) -> CheckResult:
+    """A running instance for the same directories: `run` would refuse to start (exit 2)."""
+    pid = instance_lock.running_pid(config.root, config.private_dir, lock_dir=lock_dir)
+    if pid is None:
+        return CheckResult("instance", "ok", "no other instance runs for these directories")
+    holder = f"pid {pid}" if pid > 0 else "pid unknown"
+    return CheckResult(
+        "instance",
+        "fail",
+        f"an instance is running ({holder}) for FRACTAL_ROOT={config.root} or "
+        f"FRACTAL_PRIVATE_DIR={config.private_dir}; `run` would refuse to start",
+    )
+
+
 async def check_docker(socket_path: Path) -> CheckResult:
     client = DockerClient(str(socket_path))
     try:
@@ -102,6 +117,7 @@ def check_cloud_storage() -> list[CheckResult]:
 def run_checks(config: Config) -> list[CheckResult]:
     results = check_config(config)
     results.append(check_root(config, os.geteuid()))
+    results.append(check_instance(config))
     results.append(check_writable_dir("root dir", config.root))
     results.append(check_writable_dir("private dir", config.private_dir))
     results.append(trio.run(check_docker, config.docker_socket))

@@ -12,7 +12,8 @@ import os
 import sys
 from collections.abc import Sequence
 
-from fractal_hostd import __version__
+import fractal_hostd
+from fractal_hostd import early_signals
 from fractal_hostd.config import API_URL_FILE, Config, ConfigError
 
 EXIT_CONFIG_ERROR = 2
@@ -53,7 +54,9 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fractal-hostd", description="Host agent of Fractal cloud GPU hosts."
     )
-    parser.add_argument("--version", action="version", version=f"fractal-hostd {__version__}")
+    parser.add_argument(
+        "--version", action="version", version=f"fractal-hostd {fractal_hostd.__version__}"
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="run the service (what systemd starts)")
     check = commands.add_parser("check", help="validate configuration and prerequisites")
@@ -75,6 +78,10 @@ def _load_config(args: argparse.Namespace) -> Config:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    if argv is None and sys.argv[1:2] == ["run"]:
+        # The console script's first statement (`python -m` installs them earlier still):
+        # a signal from here on is recorded and handled once trio listens (early_signals).
+        early_signals.install()
     args = _parser().parse_args(argv)
     try:
         config = _load_config(args)
@@ -83,9 +90,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_CONFIG_ERROR
     # Imported here so `--help` and config errors stay fast and free of heavy imports.
     if args.command == "run":
-        from fractal_hostd.supervisor import run_service
-
-        return run_service(config)
+        return _run(config)
     if args.command == "check":
         from fractal_hostd.checks import check_main
 
@@ -94,6 +99,29 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     url, secret = _local_api(config)
     return status_main(url=url, secret=secret)
+
+
+def _run(config: Config) -> int:
+    """The service, once this process holds the single-instance lock (contract §7a).
+
+    The lock comes before everything with a side effect (Sentry, handshake, files, mounts, the
+    API port): a refused instance sends nothing and touches nothing of the running one.
+    """
+    from fractal_hostd.instance_lock import InstanceLocked, LockUnavailable, acquire
+
+    try:
+        # Never released: the descriptors close when the process ends, after the last
+        # cleanup, so no second instance can start while this one is still on its way out.
+        acquire(config.root, config.private_dir)
+    except (InstanceLocked, LockUnavailable) as exc:
+        print(f"fractal-hostd: {exc}", file=sys.stderr)
+        return EXIT_CONFIG_ERROR
+    from fractal_hostd.supervisor import run_service
+
+    try:
+        return run_service(config)
+    finally:
+        early_signals.ignore()  # the report is done: a late signal must not change the exit
 
 
 def _local_api(config: Config) -> tuple[str, str]:

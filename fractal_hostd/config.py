@@ -165,10 +165,13 @@ class _Parser:
         sentry_wanted = app_env in (AppEnv.STAGING, AppEnv.PROD) or use_prod_sentry
         if sentry_dsn is not None:
             self.check_dsn(sentry_dsn)
+        root = self.path("FRACTAL_ROOT", "/fractal")
+        private_dir = self.path("FRACTAL_PRIVATE_DIR", "/fractalprivate")
+        check_private_dir(private_dir, root)
         config = Config(
             app_env=app_env,
-            root=self.path("FRACTAL_ROOT", "/fractal"),
-            private_dir=self.path("FRACTAL_PRIVATE_DIR", "/fractalprivate"),
+            root=root,
+            private_dir=private_dir,
             docker_socket=self.docker_socket(),
             api_host=api_host,
             api_port=api_port,
@@ -309,12 +312,65 @@ class _Parser:
 
     @staticmethod
     def check_dsn(dsn: Secret) -> None:
+        """Validated by sentry-sdk's own parser, so a DSN accepted here never fails start-up."""
         value = dsn.reveal()
         if not value.startswith(("http://", "https://")) or "@" not in value:
             # The DSN carries a key: name the variable, never echo the value.
             raise ConfigError(
                 "SENTRY_DSN is not allowed: it must look like https://<key>@<host>/<project>"
             )
+        # Imported here: sentry-sdk is heavy, and only a configured DSN needs it.
+        from sentry_sdk.utils import Dsn
+
+        try:
+            Dsn(value)
+        except Exception as exc:  # BadDsn, or ValueError from urllib (a port out of range)
+            reason = _without_key(str(exc), value)
+            raise ConfigError(
+                f"SENTRY_DSN is not allowed: sentry-sdk rejects it ({reason}); "
+                "it must look like https://<key>@<host>/<project>"
+            ) from None
+
+
+# Directories FRACTAL_PRIVATE_DIR may never be: the service makes it 0700 at start. Whole trees
+# (`/etc/ssl` included) and single directories whose children are fair game (`/var/lib/x`).
+_SYSTEM_TREES = (
+    "/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/libx32", "/proc", "/sbin",
+    "/sys", "/usr",
+)  # fmt: skip
+_SYSTEM_DIRS = frozenset(
+    {
+        "/", "/home", "/media", "/mnt", "/opt", "/root", "/run", "/run/user", "/snap", "/srv",
+        "/tmp", "/var", "/var/backups", "/var/cache", "/var/lib", "/var/local", "/var/lock",  # noqa: S108
+        "/var/log", "/var/mail", "/var/opt", "/var/run", "/var/spool", "/var/tmp",  # noqa: S108
+    }
+)  # fmt: skip
+
+
+def check_private_dir(private_dir: Path, root: Path) -> None:
+    """Refuse `/`, system directories, and FRACTAL_ROOT (shared with containers) around it."""
+    path = os.path.normpath(private_dir)
+    in_tree = any(path == tree or path.startswith(f"{tree}/") for tree in _SYSTEM_TREES)
+    if path in _SYSTEM_DIRS or in_tree:
+        raise ConfigError(
+            f"FRACTAL_PRIVATE_DIR={str(private_dir)!r} is not allowed: a system directory; use "
+            "a directory of the service's own (e.g. /fractalprivate or /var/lib/fractal-hostd)"
+        )
+    shared = os.path.normpath(root)
+    if path == shared or path.startswith(f"{shared}/") or shared.startswith(f"{path}/"):
+        raise ConfigError(
+            f"FRACTAL_PRIVATE_DIR={str(private_dir)!r} is not allowed: it must lie outside "
+            f"FRACTAL_ROOT ({root}), which containers share, and not contain it"
+        )
+
+
+def _without_key(text: str, dsn: str) -> str:
+    """`text` with the DSN's key (its user-info part) masked, on one line."""
+    userinfo = dsn.split("://", 1)[-1].split("@", 1)[0]
+    for part in (userinfo, *userinfo.split(":")):
+        if part:
+            text = text.replace(part, "***")
+    return " ".join(text.split())
 
 
 def _is_ip_address(host: str) -> bool:

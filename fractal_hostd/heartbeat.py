@@ -2,7 +2,10 @@
 
 Numbering: every heartbeat *attempt* takes the next number, starting at 0, whether it then
 succeeds or not (the webserver cannot know whether a failed one arrived, so a number is never
-reused). The dying heartbeat takes the next number too: 0 when none was ever sent.
+reused). The dying heartbeat takes the next number too, except when start-up never completed
+(contract §4): then it is 0. Heartbeat 0 is start-up's last step, so "completed" means a
+heartbeat attempt ran to its end (answered or failed); one cut by the shutdown while in flight
+(a signal during heartbeat 0) does not count, and the dying heartbeat is 0.
 
 "No heartbeat ever follows a dying one": all sends go through one lock, and the dying send
 marks this object dead while holding it, before it touches the network. A regular or
@@ -68,6 +71,7 @@ class Heartbeats:
         self._lock = trio.Lock()
         self._next_number = 0
         self._dead = False
+        self._one_completed = False  # a heartbeat attempt ran to its end: start-up completed
 
     @property
     def next_number(self) -> int:
@@ -113,12 +117,15 @@ class Heartbeats:
             if self._dead:
                 return False
             number = self._next_number
-            self._next_number += 1
             if dying_reason is not None:
                 self._dead = True
+                if not self._one_completed:
+                    number = 0
+            self._next_number = number + 1
             sent_at = self._now()
             payload = self._payload(number, sent_at, dying_reason)
             ok = await self._client.send_heartbeat(payload)
+            self._one_completed = True
             self._state.last_heartbeat = HeartbeatRecord(
                 number=number, sent_at=sent_at, ok=ok, dying=dying_reason is not None
             )

@@ -78,8 +78,41 @@ def _one_line(exc: BaseException) -> str:
     return text[:500]
 
 
+def _log_failed_step(step: str, exc: Exception) -> None:
+    # A step's failure is told in the journal only: the Sentry flush may be what failed, and
+    # the error being reported already is the event that matters.
+    logger.error(
+        "shutdown report: %s failed (%s); the other steps go on",
+        step,
+        type(exc).__name__,
+        exc_info=exc,
+        extra={NO_SENTRY_EVENT: True},
+    )
+
+
+def _isolated_sync(
+    step: str, function: Callable[[BaseException], None], error: BaseException
+) -> None:
+    try:
+        function(error)
+    except Exception as exc:
+        _log_failed_step(step, exc)
+
+
+async def _isolated(step: str, work: Callable[..., Awaitable[None]], *args: object) -> None:
+    """One step of the report: its failure is logged and cancels nothing else."""
+    try:
+        await work(*args)
+    except Exception as exc:
+        _log_failed_step(step, exc)
+
+
 class ShutdownReport:
     """Steps 3-5 of contract §7, run once, bounded by `timeout` seconds in total.
+
+    Each step is isolated: one that raises (a Sentry capture tripping over an odd exception, a
+    dying heartbeat whose client broke, a flush failing) is logged, and the others still run;
+    the exit code stays the cause's.
 
     The dying heartbeat and the Sentry flush run side by side: each gets the whole budget
     instead of a slice, and neither can starve the other when one peer is blackholed.
@@ -117,11 +150,13 @@ class ShutdownReport:
         )
         with trio.move_on_after(self._timeout, shield=True) as budget:
             if cause.error is not None:
-                self._capture_error(cause.error)
+                _isolated_sync("the Sentry capture", self._capture_error, cause.error)
             async with trio.open_nursery() as nursery:
                 if self._send_dying is not None:
-                    nursery.start_soon(self._send_dying, cause.reason)
-                nursery.start_soon(self._flush)
+                    nursery.start_soon(
+                        _isolated, "the dying heartbeat", self._send_dying, cause.reason
+                    )
+                nursery.start_soon(_isolated, "the Sentry flush", self._flush)
         if budget.cancelled_caught:
             logger.warning(
                 "shutdown report cut short after %.1f s (webserver or Sentry not answering)",

@@ -23,8 +23,6 @@ import functools
 import gc
 import logging
 import os
-import shutil
-import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -32,7 +30,7 @@ from typing import Any
 
 import trio
 
-from fractal_hostd import __version__, sdnotify, telemetry
+from fractal_hostd import __version__, early_signals, private_dir, sdnotify, telemetry
 from fractal_hostd.api.app import create_app
 from fractal_hostd.api.server import serve_api
 from fractal_hostd.cloud_storage import CloudStorage
@@ -51,8 +49,9 @@ from fractal_hostd.metrics import Metrics
 from fractal_hostd.rclone_cache import default_cache_root
 from fractal_hostd.secrets import ensure_private_dir, load_or_create_auth_secret
 from fractal_hostd.shutdown import ShutdownCause, ShutdownReport
+from fractal_hostd.signal_watch import SignalWatcher
 from fractal_hostd.spot import DrainHook, run_spot_poller
-from fractal_hostd.tls import generate_certificate
+from fractal_hostd.tls import CERT_FILE_NAME, KEY_FILE_NAME, generate_certificate
 from fractal_hostd.webserver import HandshakeFailed, WebserverClient
 
 logger = logging.getLogger(__name__)
@@ -71,10 +70,38 @@ FATAL_ERRORS: tuple[type[BaseException], ...] = (
     ApiUnavailable,
 )
 # Local cleanup (unmounts, private dir) comes before the report and has its own bound.
-LOCAL_CLEANUP_TIMEOUT = 5.0
-UNMOUNT_TOOL_TIMEOUT = 1.5
+UNMOUNT_ALL_TIMEOUT = 4.0
+PRIVATE_DIR_REMOVAL_TIMEOUT = 1.0
+LOCAL_CLEANUP_TIMEOUT = UNMOUNT_ALL_TIMEOUT + PRIVATE_DIR_REMOVAL_TIMEOUT
 EXIT_CONFIG_ERROR = 2
+
+# The rest of the stop path, each step with a real bound (docs/architecture.md derives the
+# unit's TimeoutStopSec from them). Children cancelled: a mount failing at that moment still
+# cleans up, shielded, for at most one unmount tool's timeout.
+UNMOUNT_TOOL_TIMEOUT = 1.5
+CHILDREN_EXIT_BOUND = UNMOUNT_TOOL_TIMEOUT
+# In-flight API requests get hypercorn's graceful timeout; the margin bounds hypercorn itself
+# (its own shutdown after the drain): past it the API is cancelled outright.
 API_GRACEFUL_TIMEOUT = 3.0
+API_DRAIN_MARGIN = 0.5
+# After the report (FRACTAL_SHUTDOWN_REPORT_TIMEOUT): closing the clients of the outside world
+# (an HTTPS client's close may try to say goodbye to a blackholed peer).
+CLIENTS_CLOSE_TIMEOUT = 0.5
+# Interpreter teardown: worker threads are daemons, Sentry's client is already closed.
+PROCESS_EXIT_MARGIN = 0.5
+
+
+def stop_path_bound(config: Config) -> float:
+    """Worst case, in seconds, from a stop signal to the process's exit, every peer stuck."""
+    return (
+        CHILDREN_EXIT_BOUND
+        + API_GRACEFUL_TIMEOUT
+        + API_DRAIN_MARGIN
+        + LOCAL_CLEANUP_TIMEOUT
+        + config.shutdown_report_timeout
+        + CLIENTS_CLOSE_TIMEOUT
+        + PROCESS_EXIT_MARGIN
+    )
 
 
 def run_service(config: Config) -> int:
@@ -98,6 +125,7 @@ def _in_task_scope(
         with telemetry.task_scope(name):
             await task(*args, **kwargs, task_status=task_status)
 
+    scoped.__qualname__ = f"task:{name}"  # trio names the task after it (SIGUSR1's tree)
     return scoped
 
 
@@ -135,8 +163,21 @@ class Service:
         self._api_stop = trio.Event()
         self._signal_cause: ShutdownCause | None = None
         self._children: trio.Nursery | None = None
+        self._children_scope = trio.CancelScope()
+        self._stopping = False  # the children are gone: the shutdown path runs
 
     async def run(self) -> int:
+        # One signal handling for the whole life, shutdown path included (signal_watch): the
+        # receiver opens before the first side effect and closes after the last.
+        with trio.open_signal_receiver(*early_signals.HANDLED) as signals:
+            async with trio.open_nursery() as process:
+                process.start_soon(SignalWatcher(on_stop=self._stop_on_signal).run, signals)
+                try:
+                    return await self._run()
+                finally:
+                    process.cancel_scope.cancel()
+
+    async def _run(self) -> int:
         telemetry.init_sentry(
             dsn=self.config.sentry_dsn.reveal() if self.config.sentry_dsn else None,
             enabled=self.config.sentry_enabled,
@@ -150,13 +191,26 @@ class Service:
                 os.geteuid(),
             )
             return EXIT_CONFIG_ERROR
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        with trio.CancelScope() as closing:
             async with self._clients() as (docker, imds, webserver):
-                cause = await self._supervise(signals, docker, imds, webserver)
+                cause = await self._supervise(docker, imds, webserver)
                 sdnotify.stopping()
                 await self._clean_up_locally()
                 await self.report.run(cause)
+                # Bounds only the clients' close, which follows.
+                closing.deadline = trio.current_time() + CLIENTS_CLOSE_TIMEOUT
+        if closing.cancelled_caught:
+            logger.warning("closing the clients cut short after %.1f s", CLIENTS_CLOSE_TIMEOUT)
         return cause.exit_code
+
+    def _stop_on_signal(self, signum: int) -> bool:
+        """The first stop signal cancels the children; False once the shutdown path runs."""
+        if self._stopping or self._signal_cause is not None:
+            return False
+        self._signal_cause = ShutdownCause.from_signal(signum)
+        # Cancelled before it is entered, the scope cancels start-up at its first checkpoint.
+        self._children_scope.cancel()
+        return True
 
     @contextlib.asynccontextmanager
     async def _clients(
@@ -175,7 +229,6 @@ class Service:
 
     async def _supervise(
         self,
-        signals: AsyncIterator[int],
         docker: DockerClient,
         imds: ImdsClient | None,
         webserver: WebserverClient | None,
@@ -184,16 +237,25 @@ class Service:
         try:
             async with trio.open_nursery() as outer:
                 try:
-                    async with trio.open_nursery() as inner:
-                        self._children = inner
-                        inner.start_soon(self._watch_signals, signals, inner.cancel_scope)
-                        await self._start_up(outer, inner, docker, imds, webserver)
+                    with self._children_scope:
+                        async with trio.open_nursery() as inner:
+                            self._children = inner
+                            await self._start_up(outer, inner, docker, imds, webserver)
                 except BaseException as exc:
                     # Held, not raised: an exception leaving this body would make the outer
                     # nursery cancel hypercorn at once and cut the in-flight requests.
                     errors.append(exc)
+                self._stopping = True
                 # The children are gone: let hypercorn finish in-flight requests, then stop.
                 self._api_stop.set()
+                outer.cancel_scope.deadline = (
+                    trio.current_time() + API_GRACEFUL_TIMEOUT + API_DRAIN_MARGIN
+                )
+            if outer.cancel_scope.cancelled_caught:
+                logger.warning(
+                    "the API did not stop within %.1f s: cancelled",
+                    API_GRACEFUL_TIMEOUT + API_DRAIN_MARGIN,
+                )
         except BaseException as exc:  # the API server itself failed
             errors.append(exc)
         for error in reversed(errors):  # the API's failure explains the children's cancellation
@@ -204,13 +266,6 @@ class Service:
             # The children only end by a signal, a crash or a fatal error; anything else is a bug.
             return ShutdownCause("crash", "crash: supervisor children ended unexpectedly")
         return self._signal_cause
-
-    async def _watch_signals(self, signals: AsyncIterator[int], children: trio.CancelScope) -> None:
-        async for signum in signals:
-            self._signal_cause = ShutdownCause.from_signal(signum)
-            logger.info("received %s: shutting down", signal.Signals(signum).name)
-            children.cancel()
-            return
 
     async def _start_up(
         self,
@@ -378,14 +433,29 @@ class Service:
         """
         # Separate bounds: a hung unmount must not keep the private directory (TLS key, rclone
         # configs with refresh tokens) on disk.
-        with trio.move_on_after(LOCAL_CLEANUP_TIMEOUT - 1, shield=True) as unmounting:
+        with trio.move_on_after(UNMOUNT_ALL_TIMEOUT, shield=True) as unmounting:
             await self.cloud_storage.unmount_all()
         if unmounting.cancelled_caught:
-            logger.error(
-                "unmounting cloud storage cut short after %.0f s", LOCAL_CLEANUP_TIMEOUT - 1
-            )
-        with trio.move_on_after(1, shield=True):
+            logger.error("unmounting cloud storage cut short after %.0f s", UNMOUNT_ALL_TIMEOUT)
+        with trio.move_on_after(PRIVATE_DIR_REMOVAL_TIMEOUT, shield=True) as removing:
+            # Abandoned, not awaited, when it overruns: a hung file system cannot hold the exit.
             await trio.to_thread.run_sync(
-                functools.partial(shutil.rmtree, self.config.private_dir, ignore_errors=True),
+                private_dir.remove_own,
+                self.config.private_dir,
+                self._own_private_entries(),
                 abandon_on_cancel=True,
             )
+        if removing.cancelled_caught:
+            logger.error(
+                "removing the private directory cut short after %.0f s", PRIVATE_DIR_REMOVAL_TIMEOUT
+            )
+
+    def _own_private_entries(self) -> tuple[str, ...]:
+        """What the service writes into FRACTAL_PRIVATE_DIR: all it may remove there (§7a)."""
+        return (
+            KEY_FILE_NAME,
+            CERT_FILE_NAME,
+            API_URL_FILE,
+            self.config.auth_secret_file.name,
+            "rclone",  # CloudStorage's config_dir, above
+        )

@@ -13,6 +13,7 @@ import sys
 
 import trio
 
+from fractal_hostd import early_signals
 from fractal_hostd.config import Config
 from fractal_hostd.logs import setup_logging
 from fractal_hostd.supervisor import Service
@@ -23,9 +24,9 @@ class ChildCrashed(RuntimeError):
 
 
 async def crash_soon() -> None:
-    """Crash after FHD_TEST_CRASH_AFTER seconds, or at once on SIGUSR1."""
+    """Crash after FHD_TEST_CRASH_AFTER seconds, or at once on SIGUSR2."""
     with (
-        trio.open_signal_receiver(signal.SIGUSR1) as crash_now,
+        trio.open_signal_receiver(signal.SIGUSR2) as crash_now,
         trio.move_on_after(float(os.environ.get("FHD_TEST_CRASH_AFTER", "0.2"))),
     ):
         async for _ in crash_now:
@@ -40,9 +41,13 @@ class ServiceWithCrashingChild(Service):
 
 
 def main() -> int:
+    early_signals.install()  # as the real entry point does
     config = Config.from_env(os.environ)
     setup_logging(fmt="json" if config.log_format == "json" else "console", level=config.log_level)
-    return trio.run(ServiceWithCrashingChild(config).run)
+    try:
+        return trio.run(ServiceWithCrashingChild(config).run)
+    finally:
+        early_signals.ignore()
 
 
 if __name__ == "__main__":

@@ -69,6 +69,23 @@ def test_secret_value_never_echoed_in_errors(tmp_path: Path) -> None:
     assert "hunter2-topsecret" not in result.stderr + result.stdout
 
 
+def test_dsn_sentry_sdk_rejects_exits_2_with_one_line(tmp_path: Path) -> None:
+    """It used to pass the config check and crash start-up with a traceback (exit 1)."""
+    done = run_cli(
+        "run",
+        SENTRY_DSN="https://sekrit-key@sentry.example/notanumber",
+        USE_PROD_SENTRY="1",
+        FRACTAL_ROOT=str(tmp_path / "root"),
+        FRACTAL_PRIVATE_DIR=str(tmp_path / "private"),
+        DOCKER_HOST=f"unix://{tmp_path}/missing.sock",
+    )
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert "SENTRY_DSN" in lines[0]
+    assert "sekrit-key" not in done.stderr
+
+
 def test_version_and_help(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as info:
         main(["--version"])

@@ -140,6 +140,24 @@ def test_bad_dsn_is_named_but_not_echoed() -> None:
     assert "secretkey" not in str(info.value)
 
 
+@pytest.mark.parametrize(
+    "dsn",
+    [
+        "https://sekrit1@sentry.example/notanumber",  # project must be a number
+        "https://sekrit1@sentry.example/",  # no project
+        "https://sekrit1:sekrit2@sentry.example:99999/1",  # port out of range
+        "http://sekrit1@sentry.example:abc/1",  # port not a number
+    ],
+)
+def test_dsn_sentry_sdk_rejects_is_a_config_error_without_the_key(dsn: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse(SENTRY_DSN=dsn)
+    message = str(info.value)
+    assert message.startswith("SENTRY_DSN is not allowed: sentry-sdk rejects it")
+    assert "sekrit" not in message
+    assert "\n" not in message
+
+
 def test_api_bind_ipv6_and_port_zero() -> None:
     config = parse(FRACTAL_API_BIND="[::1]:0")
     assert (config.api_host, config.api_port) == ("::1", 0)

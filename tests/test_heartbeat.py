@@ -167,6 +167,23 @@ async def test_dying_is_number_0_when_none_was_sent(meminfo: Path) -> None:
     assert recorder.numbers == [0]
 
 
+async def test_dying_is_number_0_when_heartbeat_0_was_cut_in_flight(
+    autojump_clock: trio.testing.MockClock, meminfo: Path
+) -> None:
+    """A stop during heartbeat 0: start-up never completed, so the dying one is 0 (§4)."""
+    recorder = Recorder()
+    recorder.gate = trio.Event()  # heartbeat 0 never answers
+    heartbeats = make(recorder, meminfo)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(functools.partial(heartbeats.run, interval=60, jitter=5))
+        await trio.sleep(1)
+        nursery.cancel_scope.cancel()  # the shutdown cancels start-up
+    recorder.gate.set()
+    await heartbeats.send_dying("received SIGTERM")
+    assert recorder.numbers == [0, 0]
+    assert recorder.beats[-1][1]["IsDyingHeartbeat"] is True
+
+
 async def test_no_heartbeat_after_dying_even_when_queued(
     autojump_clock: trio.testing.MockClock, meminfo: Path
 ) -> None:

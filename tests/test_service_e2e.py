@@ -353,7 +353,7 @@ async def test_in_flight_request_completes_on_every_shutdown_path(
                 if path == "signal":
                     service.send_signal()
                 else:
-                    service.send_signal(signal.SIGUSR1)  # tests.crashing_service: crash now
+                    service.send_signal(signal.SIGUSR2)  # tests.crashing_service: crash now
             code, _ = await _exit(service)
         assert code == (0 if path == "signal" else 1)
         assert answers[0].status_code == 406

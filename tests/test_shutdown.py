@@ -160,3 +160,44 @@ async def test_report_completes_even_when_its_caller_is_cancelled(
         scope.cancel()
         await report.run(ShutdownCause.from_signal(signal.SIGTERM))
     assert rec.dying == ["received SIGTERM"]
+
+
+class Broken(Exception):
+    pass
+
+
+@pytest.mark.parametrize("failing", ["capture", "dying", "flush"])
+async def test_a_failing_step_is_logged_and_the_others_still_run(
+    failing: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    rec = Recorder()
+
+    def capture(exc: BaseException) -> None:
+        if failing == "capture":
+            raise Broken("capture broke")
+        rec.capture(exc)
+
+    async def send_dying(reason: str) -> None:
+        if failing == "dying":
+            raise Broken("dying heartbeat broke")
+        await rec.send_dying(reason)
+
+    async def flush() -> None:
+        if failing == "flush":
+            raise Broken("flush broke")
+        await rec.flush()
+
+    report = ShutdownReport(timeout=5.0, capture_error=capture, flush=flush)
+    report.arm_dying_heartbeat(send_dying)
+    error = RuntimeError("the crash")
+    cause = ShutdownCause("crash", "crash: RuntimeError: the crash", error)
+    await report.run(cause)  # does not raise
+
+    assert rec.captured == ([] if failing == "capture" else [error])
+    assert rec.dying == ([] if failing == "dying" else [cause.reason])
+    assert rec.flushed == (0 if failing == "flush" else 1)
+    assert cause.exit_code == 1
+    failures = [r for r in caplog.records if "shutdown report:" in r.getMessage()]
+    assert len(failures) == 1
+    assert "failed (Broken)" in failures[0].getMessage()
+    assert failures[0].exc_info is not None
