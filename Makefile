@@ -58,6 +58,8 @@ bench: install test-image
 	@mkdir -p bench/results
 	$(PY) bench/bench_docker.py
 	$(PY) bench/bench_api.py
+	$(PY) bench/bench_floors.py
+	$(PY) bench/bench_flood.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis bench/results *.egg-info
