@@ -96,6 +96,7 @@ def test_client_options() -> None:
     assert not client.should_send_default_pii()
     assert type(client.transport).__name__ == "HttpTransport"  # the thread transport
     assert {"httpx", "flask", "argv", "quart"}.isdisjoint(client.integrations)
+    assert client.options["auto_enabling_integrations"] is False  # probing cost 160 ms
     assert "logging" in client.integrations
 
 
