@@ -60,6 +60,7 @@ bench: install test-image
 	$(PY) bench/bench_api.py
 	$(PY) bench/bench_floors.py
 	$(PY) bench/bench_startup.py
+	$(PY) bench/bench_priority.py
 	$(PY) bench/bench_flood.py
 
 clean:

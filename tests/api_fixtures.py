@@ -152,6 +152,7 @@ async def running_api(
     graceful_timeout: float = 3.0,
     api: Api | None = None,
     max_connections: int = 256,
+    request_slots: int = 1,
     **api_args: float,
 ) -> AsyncIterator[Running]:
     """The app served over TLS by hypercorn on 127.0.0.1:0; stopped (drained) on exit."""
@@ -170,6 +171,7 @@ async def running_api(
                 graceful_timeout=graceful_timeout,
                 max_connections=max_connections,
                 metrics_registry=api.metrics.registry,
+                request_slots=request_slots,
             )
         )
         yield Running(api, url, tls, stop)

@@ -267,3 +267,36 @@ async def test_connections_over_the_cap_are_refused_before_tls_and_counted(
             assert "fractal_hostd_api_connections_open 2.0" in metrics.text
             for stream in held:
                 await stream.aclose()
+
+
+async def test_a_request_waiting_for_its_container_does_not_hold_up_the_others(
+    tmp_path: Path,
+) -> None:
+    """One request slot: the waiting request gives it up after its lease (see api/slots.py)."""
+    with trio.fail_after(TIMEOUT):
+        async with (
+            running_api(tmp_path, container_wait=5.0, request_slots=1) as running,
+            tls_client(running) as waiting_client,
+            tls_client(running) as client,
+        ):
+            waiting = trio.Event()
+            real_wait = running.api.registry.wait_for_host_port
+
+            async def signalling_wait(host_port: int) -> ContainerRecord:
+                waiting.set()
+                return await real_wait(host_port)
+
+            running.api.registry.wait_for_host_port = signalling_wait  # type: ignore[method-assign]
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(
+                    functools.partial(
+                        waiting_client.put,
+                        "/set_container_dpi",
+                        json={"host_port": 40002, "dpi": 96},
+                        headers=AUTH,
+                    )
+                )
+                await waiting.wait()
+                with trio.fail_after(2):  # far below the 5 s the other request waits
+                    assert (await client.get("/health")).status_code == 200
+                await running.api.add_container(40002)

@@ -38,6 +38,7 @@ from fractal_hostd.api.connections import (
     MemoryTrimmer,
     refuse,
 )
+from fractal_hostd.api.slots import DEFAULT_REQUEST_SLOTS, RequestSlots, SlottedApp
 
 logger = logging.getLogger(__name__)
 
@@ -150,13 +151,15 @@ async def serve_api(
     graceful_timeout: float = 3.0,
     max_connections: int = DEFAULT_MAX_CONNECTIONS,
     metrics_registry: CollectorRegistry | None = None,
+    request_slots: int = DEFAULT_REQUEST_SLOTS,
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve until `shutdown_trigger` returns and in-flight requests are drained.
 
     `task_status.started()` reports the bound URL (``https://HOST:PORT``, the real port when
     `bind` asked for port 0) once the socket listens. At most `max_connections` are open at
-    once; the refused ones are counted in `metrics_registry` (see `connections`).
+    once; the refused ones are counted in `metrics_registry` (see `connections`). At most
+    `request_slots` requests run their handler at once (see `slots`).
 
     This is `hypercorn.trio.serve` (hypercorn/trio/run.py: lifespan, drain, graceful timeout)
     with our own accept loop in place of `trio.serve_listeners` + `trio.SSLListener`: those
@@ -166,7 +169,12 @@ async def serve_api(
         bind=bind, certfile=certfile, keyfile=keyfile, graceful_timeout=graceful_timeout
     )
     gate = ConnectionGate(max_connections, metrics_registry)
-    asgi = wrap_app(_ShieldedSend(app, limit=graceful_timeout), config.wsgi_max_body_size, "asgi")
+    slots = RequestSlots(request_slots)
+    asgi = wrap_app(
+        SlottedApp(_ShieldedSend(app, limit=graceful_timeout), slots),
+        config.wsgi_max_body_size,
+        "asgi",
+    )
     lifespan_state: LifespanState = {}
     lifespan = Lifespan(asgi, config, lifespan_state)
     context = WorkerContext(None)
@@ -201,6 +209,7 @@ async def serve_api(
                     nursery.start_soon(raise_shutdown, shutdown_trigger)
                     nursery.start_soon(raise_shutdown, context.terminate.wait)
                     nursery.start_soon(MemoryTrimmer(gate).run)
+                    nursery.start_soon(slots.run)
                     for listener in listeners:
                         nursery.start_soon(_accept, listener, gate, server_nursery, handle)
             except BaseExceptionGroup as error:
