@@ -113,8 +113,10 @@ def _install_hooks(app: HostApi, metrics: Metrics) -> None:
         metric[1].observe(latency)
         # One line per request that changed something or failed. A successful read (probes,
         # scrapes, /status polls) is noise at info and the line costs more than the answer's
-        # own work: it logs at debug, and /metrics counts it.
-        level = logging.DEBUG if status < 300 and request.method == "GET" else logging.INFO
+        # own work: it logs at debug, and /metrics counts it. /ready is a probe whatever it
+        # answers: what made the host unready is logged where it happens.
+        quiet = endpoint == "/ready" or (status < 300 and request.method == "GET")
+        level = logging.DEBUG if quiet else logging.INFO
         if not logger.isEnabledFor(level):
             return response
         path = request.path[:_MAX_LOGGED_PATH]
