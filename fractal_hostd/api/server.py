@@ -239,7 +239,8 @@ async def _accept(
                 if exc.errno not in _ACCEPT_CAPACITY_ERRNOS:
                     raise
                 # Out of file descriptors or memory: the connections we have must end first.
-                logger.error("API cannot accept connections: %s", exc.strerror)
+                # A warning (a Sentry breadcrumb): at error, one event every 0.1 s.
+                logger.warning("API cannot accept connections: %s", exc.strerror)
                 await trio.sleep(0.1)
                 continue
             if gate.admit():
