@@ -74,3 +74,27 @@ async def test_lifespan_never_waits_for_a_slot(autojump_clock: trio.abc.Clock) -
     with trio.fail_after(1):
         await SlottedApp(app, slots)({"type": "http"}, None, None)  # type: ignore[arg-type]
     assert calls == ["lifespan", "http"]
+
+
+async def test_at_shutdown_every_request_goes_in(autojump_clock: trio.abc.Clock) -> None:
+    """The reaper stops with the listeners; queued requests must not wait for a slot that a
+    request waiting for its container holds (they would be cancelled at the graceful timeout)."""
+    slots = RequestSlots(limit=1, lease=0.005)  # no reaper running: as during the drain
+    holder = await slots.acquire()
+    entered: list[float] = []
+
+    async def queued() -> None:
+        token = await slots.acquire()
+        entered.append(trio.current_time())
+        slots.release(token)
+
+    async with trio.open_nursery() as nursery:
+        start = trio.current_time()
+        nursery.start_soon(queued)
+        await trio.sleep(1)
+        assert entered == []
+        slots.open_all()
+        await trio.sleep(0)
+        nursery.start_soon(queued)  # and a later one does not wait either
+    slots.release(holder)
+    assert entered == [start + 1, start + 1]

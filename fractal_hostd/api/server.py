@@ -217,6 +217,7 @@ async def serve_api(
                 if other_errors is not None:
                     raise other_errors from None
             finally:
+                slots.open_all()  # the reaper has stopped: no request may wait for a slot now
                 await context.terminated.set()
                 # In-flight requests get the graceful timeout, then are cancelled.
                 server_nursery.cancel_scope.deadline = trio.current_time() + graceful_timeout

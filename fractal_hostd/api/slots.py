@@ -34,9 +34,12 @@ class RequestSlots:
         self._deadlines: dict[int, float] = {}  # slot held -> when the reaper takes it back
         self._tokens = itertools.count()
         self._held_changed = trio.Event()
+        self._unlimited = False
         self.reaped = 0
 
     async def acquire(self) -> int:
+        if self._unlimited:
+            return -1  # no slot to give back
         await self._free.acquire()
         token = next(self._tokens)
         self._deadlines[token] = trio.current_time() + self._lease
@@ -46,6 +49,17 @@ class RequestSlots:
 
     def release(self, token: int) -> None:
         if self._deadlines.pop(token, None) is not None:
+            self._free.release()
+
+    def open_all(self) -> None:
+        """From now on nobody waits for a slot, and those waiting go in.
+
+        For the drain at shutdown: the reaper has stopped with the listeners, so a request
+        waiting for its container would hold its slot, and those queued behind it would be
+        cancelled at the graceful timeout instead of answered.
+        """
+        self._unlimited = True
+        for _ in range(self._free.statistics().tasks_waiting):
             self._free.release()
 
     async def run(self) -> None:
