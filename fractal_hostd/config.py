@@ -290,7 +290,8 @@ class _Parser:
         value = self.raw(name)
         if value is None:
             return default
-        if not value.isdigit() or not 1 <= int(value) <= 100_000:
+        # ASCII digits only: str.isdigit() also accepts "²", which int() rejects.
+        if not (value.isascii() and value.isdigit() and 1 <= int(value) <= 100_000):
             raise ConfigError(f"{name}={value!r} is not allowed; use a whole number 1-100000")
         return int(value)
 

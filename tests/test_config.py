@@ -98,6 +98,7 @@ def test_dev_has_no_ecs_agent_by_default() -> None:
         ({"FRACTAL_SHUTDOWN_REPORT_TIMEOUT": "0"}, ("FRACTAL_SHUTDOWN_REPORT_TIMEOUT", "'0'", "")),
         ({"FRACTAL_API_MAX_CONNECTIONS": "0"}, ("FRACTAL_API_MAX_CONNECTIONS", "'0'", "1-")),
         ({"FRACTAL_API_MAX_CONNECTIONS": "many"}, ("FRACTAL_API_MAX_CONNECTIONS", "many", "")),
+        ({"FRACTAL_API_MAX_CONNECTIONS": "\u00b2"}, ("FRACTAL_API_MAX_CONNECTIONS", "1-", "")),
         ({"FRACTAL_LOG_FORMAT": "xml"}, ("FRACTAL_LOG_FORMAT", "'xml'", "console, json")),
         ({"FRACTAL_LOG_LEVEL": "loud"}, ("FRACTAL_LOG_LEVEL", "'loud'", "debug")),
         ({"APP_ENV": "prod"}, ("FRACTAL_WEBSERVER_AUTH_SECRET", "required outside localdev", "")),
