@@ -58,6 +58,10 @@ bench: install test-image
 	@mkdir -p bench/results
 	$(PY) bench/bench_docker.py
 	$(PY) bench/bench_api.py
+	$(PY) bench/bench_floors.py
+	$(PY) bench/bench_startup.py
+	$(PY) bench/bench_priority.py
+	$(PY) bench/bench_flood.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis bench/results *.egg-info

@@ -5,11 +5,14 @@
     the lifecycle writes the files synchronously inside `on_running`, so the moment that call
     returns is the moment the file is there.
 (b) fake engine (in its own process, like dockerd): sustained events/s through the whole
-    stack (reader, dedup, inspect for starts, lifecycle, files), and the longest time the
-    event loop, hence the reader, could not run ("stall": the worst overshoot of a 1 ms
-    sleep, which includes OS preemption) plus the longest single task step in CPU time
-    (ours alone); targets >= 5,000 events/s and a stall <= 10 ms. dockerd skips a reader
-    that stalls for 100 ms. Measured as shipped and again after gc.freeze().
+    stack (reader, dedup, inspect for starts, lifecycle, files), for die bursts, for
+    start+die waves whose containers are removed at once (the inspect finds them gone: no
+    file is written, it measures stream, inspect and cleanup) and for the load that writes
+    files (each start's TTY and mapping files written, counted, before removal); and the
+    longest time the event loop, hence the reader, could not run ("stall": the worst
+    overshoot of a 1 ms sleep, which includes OS preemption) plus the longest single task
+    step in CPU time (ours alone); targets >= 5,000 events/s and a stall <= 10 ms. dockerd
+    skips a reader that stalls for 100 ms. Measured as shipped and again after gc.freeze().
 (c) 1,000 start/die cycles on the fake: leaked TTYs and directories (must be 0), RSS growth.
 
 Writes bench/results/docker.json and prints it.
@@ -250,7 +253,9 @@ async def bench_fake_throughput(burst: int = 20_000, waves: int = 40) -> dict[st
     async with fake_engine_process() as (socket_path, control):
         with tempfile.TemporaryDirectory(prefix="fhd-bench-") as directory:
             registry = ContainerRegistry()
-            lifecycle = ContainerLifecycle(mappings_dir=Path(directory), registry=registry)
+            directory_path = Path(directory)
+            lifecycle = ContainerLifecycle(mappings_dir=directory_path, registry=registry)
+            files_written = [0]
             status = DockerStatus()
             probe = StallProbe()
             steps = StepTimer()
@@ -266,7 +271,9 @@ async def bench_fake_throughput(burst: int = 20_000, waves: int = 40) -> dict[st
                     await wait_processed(status, target)
 
                 async def start_die_cycles() -> None:
-                    # start (inspect + files), die and destroy (remove) of fake containers
+                    # start, die and destroy (remove) of fake containers, removed at once: the
+                    # inspect after a `start` finds the container gone, so no file is written.
+                    # It measures the stream, inspect and cleanup, not the writing load.
                     first = status.events_processed
                     for wave in range(waves):
                         # One wave in flight at most: the fake, unlike dockerd, drops at once
@@ -276,15 +283,37 @@ async def bench_fake_throughput(burst: int = 20_000, waves: int = 40) -> dict[st
                         await control.post("/fake/removeall")
                     await wait_processed(status, first + waves * 150)
 
+                async def start_write_die_cycles() -> None:
+                    # The load that writes files: each wave's 50 containers get their TTY and
+                    # mapping files (inspect, fsyncs) before they are removed.
+                    first = status.events_processed
+                    for wave in range(waves):
+                        ids = (await control.post("/fake/run", params={"count": 50})).json()
+                        await wait_for(lambda ids=ids: all(registry.get(i) for i in ids))
+                        files_written[0] += sum((directory_path / i / "tty").exists() for i in ids)
+                        await control.post("/fake/removeall")
+                        await wait_processed(status, first + (wave + 1) * 150)
+
                 results["die_burst"] = await measure(die_burst, status, probe, steps)
-                results["start_die_cycles"] = await measure(start_die_cycles, status, probe, steps)
+                results["start_die_cycles_no_files"] = await measure(
+                    start_die_cycles, status, probe, steps
+                )
+                results["start_write_die_cycles"] = await measure(
+                    start_write_die_cycles, status, probe, steps
+                )
+                results["start_write_die_cycles"]["tty_files_written"] = files_written[0]
                 # The same after gc.freeze(): start-up objects leave the collector's view, so a
                 # full collection no longer walks them (the longest pauses above are gen-2 GC).
                 gc.freeze()
                 results["die_burst_gc_frozen"] = await measure(die_burst, status, probe, steps)
-                results["start_die_cycles_gc_frozen"] = await measure(
+                results["start_die_cycles_no_files_gc_frozen"] = await measure(
                     start_die_cycles, status, probe, steps
                 )
+                files_written[0] = 0
+                results["start_write_die_cycles_gc_frozen"] = await measure(
+                    start_write_die_cycles, status, probe, steps
+                )
+                results["start_write_die_cycles_gc_frozen"]["tty_files_written"] = files_written[0]
                 gc.unfreeze()
                 trio.lowlevel.remove_instrument(steps)
                 results["events_dropped_by_engine"] = (await control.get("/fake/stats")).json()[

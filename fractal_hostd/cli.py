@@ -25,6 +25,11 @@ _FLAGS: tuple[tuple[str, str, str], ...] = (
     ("--private-dir", "FRACTAL_PRIVATE_DIR", "directory for the TLS key and secrets"),
     ("--docker-host", "DOCKER_HOST", "unix:///path of the Docker socket"),
     ("--api-bind", "FRACTAL_API_BIND", "HOST:PORT of the HTTPS API (port 0: any free port)"),
+    (
+        "--api-max-connections",
+        "FRACTAL_API_MAX_CONNECTIONS",
+        "API connections open at once; more are refused",
+    ),
     ("--webserver-url", "FRACTAL_WEBSERVER_URL", "base URL of the webserver ('' disables)"),
     ("--imds-url", "FRACTAL_IMDS_URL", "EC2 instance metadata URL, or 'off'"),
     ("--use-prod-sentry", "USE_PROD_SENTRY", "enable Sentry outside staging/prod"),

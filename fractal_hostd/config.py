@@ -89,6 +89,7 @@ class Config:
     docker_socket: Path = Path("/var/run/docker.sock")
     api_host: str = "127.0.0.1"
     api_port: int = 4678
+    api_max_connections: int = 256
     webserver_url: str = ""
     # None in localdev until start-up generates one (see `auth_secret_file`).
     webserver_auth_secret: Secret | None = field(default=None)
@@ -175,6 +176,7 @@ class _Parser:
             docker_socket=self.docker_socket(),
             api_host=api_host,
             api_port=api_port,
+            api_max_connections=self.count("FRACTAL_API_MAX_CONNECTIONS", 256),
             webserver_url=self.url("FRACTAL_WEBSERVER_URL", DEFAULT_WEBSERVER_URLS[app_env]),
             webserver_auth_secret=secret,
             imds_url=self.imds_url("off" if not deployed else "http://169.254.169.254"),
@@ -286,6 +288,15 @@ class _Parser:
                 f"{name}={value!r} is not allowed; use {kind} number of seconds (e.g. 5 or 0.5)"
             )
         return seconds
+
+    def count(self, name: str, default: int) -> int:
+        value = self.raw(name)
+        if value is None:
+            return default
+        # ASCII digits only: str.isdigit() also accepts "²", which int() rejects.
+        if not (value.isascii() and value.isdigit() and 1 <= int(value) <= 100_000):
+            raise ConfigError(f"{name}={value!r} is not allowed; use a whole number 1-100000")
+        return int(value)
 
     def choice(self, name: str, default: str, allowed: tuple[str, ...]) -> str:
         value = (self.raw(name) or default).lower()

@@ -387,6 +387,8 @@ class Service:
                     keyfile=cert.keyfile,
                     shutdown_trigger=self._api_stop.wait,
                     graceful_timeout=API_GRACEFUL_TIMEOUT,
+                    max_connections=config.api_max_connections,
+                    metrics_registry=self.metrics.registry,
                 )
             )
         except* OSError as errors:

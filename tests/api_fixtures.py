@@ -163,7 +163,13 @@ class Running:
 
 @asynccontextmanager
 async def running_api(
-    tmp_path: Path, *, graceful_timeout: float = 3.0, api: Api | None = None, **api_args: float
+    tmp_path: Path,
+    *,
+    graceful_timeout: float = 3.0,
+    api: Api | None = None,
+    max_connections: int = 256,
+    request_slots: int = 1,
+    **api_args: float,
 ) -> AsyncIterator[Running]:
     """The app served over TLS by hypercorn on 127.0.0.1:0; stopped (drained) on exit."""
     api = api or make_api(tmp_path, **api_args)  # type: ignore[arg-type]
@@ -179,6 +185,9 @@ async def running_api(
                 keyfile=tls.keyfile,
                 shutdown_trigger=stop.wait,
                 graceful_timeout=graceful_timeout,
+                max_connections=max_connections,
+                metrics_registry=api.metrics.registry,
+                request_slots=request_slots,
             )
         )
         yield Running(api, url, tls, stop)

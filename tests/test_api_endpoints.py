@@ -537,7 +537,7 @@ async def test_request_log_has_no_body_or_credentials(
     assert lines[0].provider == "google_drive"  # type: ignore[attr-defined]
 
 
-async def test_one_log_line_per_request_and_probes_at_debug(
+async def test_one_log_line_per_request_and_successful_reads_at_debug(
     api: Api, client: Client, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level("DEBUG")
@@ -545,12 +545,16 @@ async def test_one_log_line_per_request_and_probes_at_debug(
     caplog.clear()
     await client.get("/health")
     await client.get("/metrics", headers=AUTH)
+    await client.get("/status", headers=AUTH)
     await client.put("/set_container_dpi", json={"host_port": PORT, "dpi": 96}, headers=AUTH)
+    await client.get("/status")  # 401
     levels = [
         (r.levelname, r.path) for r in caplog.records if r.name.startswith("fractal_hostd.api")
     ]  # type: ignore[attr-defined]
     assert levels == [
         ("DEBUG", "/health"),
         ("DEBUG", "/metrics"),
+        ("DEBUG", "/status"),
         ("INFO", "/set_container_dpi"),
+        ("INFO", "/status"),
     ]

@@ -24,7 +24,7 @@ from hypercorn.typing import (
 from fractal_hostd.api.server import _ShieldedSend, hypercorn_config, serve_api
 from fractal_hostd.containers.registry import ContainerRecord
 from fractal_hostd.tls import generate_certificate
-from tests.api_fixtures import AUTH, make_api, running_api, tls_client
+from tests.api_fixtures import AUTH, Running, make_api, running_api, tls_client
 
 TIMEOUT = 10
 
@@ -219,3 +219,84 @@ async def test_ipv6_bind_reports_a_bracketed_url(tmp_path: Path) -> None:
             async with httpx.AsyncClient(base_url=url, verify=context) as client:
                 assert (await client.get("/health")).status_code == 200
             stop.set()
+
+
+async def _tls_connection(running: Running) -> trio.SSLStream[trio.SocketStream]:
+    host, port = running.url.removeprefix("https://").rsplit(":", 1)
+    context = ssl.create_default_context(cafile=str(running.tls.certfile))
+    stream = trio.SSLStream(
+        await trio.open_tcp_stream(host, int(port)), context, server_hostname=host
+    )
+    await stream.do_handshake()
+    return stream
+
+
+async def _is_refused(host: str, port: int) -> bool:
+    """The server resets (or closes) the connection without a byte: no TLS handshake at all."""
+    try:
+        stream = await trio.open_tcp_stream(host, port)
+    except OSError:
+        return True  # on loopback the reset can beat the end of connect()
+    async with stream:
+        try:
+            await stream.send_all(b"\x16\x03\x01")  # the start of a ClientHello
+            return await stream.receive_some() == b""
+        except trio.BrokenResourceError:
+            return True
+
+
+async def test_connections_over_the_cap_are_refused_before_tls_and_counted(
+    tmp_path: Path,
+) -> None:
+    with trio.fail_after(TIMEOUT):
+        async with running_api(tmp_path, max_connections=2) as running:
+            host, port = running.url.removeprefix("https://").rsplit(":", 1)
+            held = [await _tls_connection(running), await _tls_connection(running)]
+            assert await _is_refused(host, int(port))
+            await held.pop().aclose()
+            # A slot is free again: a client is served, and /metrics counts the refusal.
+            async with tls_client(running) as client:
+                for _ in range(50):  # the server notices the close asynchronously
+                    try:
+                        metrics = await client.get("/metrics", headers=AUTH)
+                        break
+                    except httpx.TransportError:
+                        await trio.sleep(0.05)
+            assert metrics.status_code == 200
+            assert "fractal_hostd_api_connections_refused_total 1.0" in metrics.text
+            assert "fractal_hostd_api_connections_open 2.0" in metrics.text
+            for stream in held:
+                await stream.aclose()
+
+
+async def test_a_request_waiting_for_its_container_does_not_hold_up_the_others(
+    tmp_path: Path,
+) -> None:
+    """One request slot: the waiting request gives it up after its lease (see api/slots.py)."""
+    with trio.fail_after(TIMEOUT):
+        async with (
+            running_api(tmp_path, container_wait=5.0, request_slots=1) as running,
+            tls_client(running) as waiting_client,
+            tls_client(running) as client,
+        ):
+            waiting = trio.Event()
+            real_wait = running.api.registry.wait_for_host_port
+
+            async def signalling_wait(host_port: int) -> ContainerRecord:
+                waiting.set()
+                return await real_wait(host_port)
+
+            running.api.registry.wait_for_host_port = signalling_wait  # type: ignore[method-assign]
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(
+                    functools.partial(
+                        waiting_client.put,
+                        "/set_container_dpi",
+                        json={"host_port": 40002, "dpi": 96},
+                        headers=AUTH,
+                    )
+                )
+                await waiting.wait()
+                with trio.fail_after(2):  # far below the 5 s the other request waits
+                    assert (await client.get("/health")).status_code == 200
+                await running.api.add_container(40002)

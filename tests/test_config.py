@@ -96,6 +96,9 @@ def test_dev_has_no_ecs_agent_by_default() -> None:
         ({"FRACTAL_DOCKER_UNREACHABLE_BUDGET": "inf"}, ("FRACTAL_DOCKER_UNREACHABLE", "inf", "")),
         ({"FRACTAL_CONTAINER_WAIT": "-0.5"}, ("FRACTAL_CONTAINER_WAIT", "-0.5", "seconds")),
         ({"FRACTAL_SHUTDOWN_REPORT_TIMEOUT": "0"}, ("FRACTAL_SHUTDOWN_REPORT_TIMEOUT", "'0'", "")),
+        ({"FRACTAL_API_MAX_CONNECTIONS": "0"}, ("FRACTAL_API_MAX_CONNECTIONS", "'0'", "1-")),
+        ({"FRACTAL_API_MAX_CONNECTIONS": "many"}, ("FRACTAL_API_MAX_CONNECTIONS", "many", "")),
+        ({"FRACTAL_API_MAX_CONNECTIONS": "\u00b2"}, ("FRACTAL_API_MAX_CONNECTIONS", "1-", "")),
         ({"FRACTAL_LOG_FORMAT": "xml"}, ("FRACTAL_LOG_FORMAT", "'xml'", "console, json")),
         ({"FRACTAL_LOG_LEVEL": "loud"}, ("FRACTAL_LOG_LEVEL", "'loud'", "debug")),
         ({"APP_ENV": "prod"}, ("FRACTAL_WEBSERVER_AUTH_SECRET", "required outside localdev", "")),
@@ -220,3 +223,8 @@ def test_empty_webserver_url_disables_it_in_every_environment() -> None:
     config = Config.from_env({**DEPLOYED, "APP_ENV": "dev", "FRACTAL_WEBSERVER_URL": ""})
     assert config.webserver_url == ""
     assert Config.from_env({**DEPLOYED, "FRACTAL_WEBSERVER_URL": " "}).webserver_url == ""
+
+
+def test_api_max_connections_default_and_value() -> None:
+    assert Config.from_env({}).api_max_connections == 256
+    assert Config.from_env({"FRACTAL_API_MAX_CONNECTIONS": "32"}).api_max_connections == 32

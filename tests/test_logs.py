@@ -8,6 +8,8 @@ import re
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fractal_hostd import logs
 from fractal_hostd.logs import FILTERED, redact_text, redact_value
@@ -27,7 +29,7 @@ def restore_logging() -> Iterator[None]:
         logging.getLogger(name).setLevel(old)
     logging.getLogger("hypercorn.access").disabled = access_disabled
     logging.captureWarnings(False)
-    logs._registered_secrets.clear()
+    logs.forget_registered_secrets()
 
 
 def json_lines(err: str) -> list[dict[str, object]]:
@@ -241,3 +243,35 @@ def test_a_broken_log_call_never_raises_nor_leaks_its_arguments(
     assert "TypeError" in str(first["msg"])
     assert "unloggable record" in str(second["msg"])
     assert "no text" in str(second["msg"])
+
+
+_PATTERNS = (
+    logs._QUOTED_VALUE_RE,
+    logs._BARE_VALUE_RE,
+    logs._AUTH_SCHEME_RE,
+    logs._URL_USERINFO_RE,
+)
+# Fragments of what the patterns look for, so generated text comes close to matching often.
+_FRAGMENTS = st.sampled_from(
+    ["auth", "Secret", "TOKEN", "pass", "passw", "api", "key", "-", "_", "=", ":", '"', "'",
+     " ", "bearer ", "Basic ", "x", "://", "@", "https", "dsn",
+     "\u017fecret", "credent\u0131al", "\u212a"]
+)  # fmt: skip
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(_FRAGMENTS | st.text(max_size=3), max_size=12).map("".join))
+def test_the_fast_path_never_skips_text_a_pattern_would_change(text: str) -> None:
+    if not logs._may_hold_secret(text):
+        assert all(pattern.search(text) is None for pattern in _PATTERNS)
+
+
+def test_the_fast_path_skips_ordinary_lines_and_still_masks_registered_secrets() -> None:
+    assert not logs._may_hold_secret("GET /status 200 0.8 ms")
+    logs.register_secret("plain-registered-value-42")
+    assert redact_text("GET /x?v=plain-registered-value-42 200") == f"GET /x?v={FILTERED} 200"
+    # A longer secret holding a shorter one is masked whole.
+    logs.register_secret("plain-registered-value-42-and-more")
+    assert redact_text("v plain-registered-value-42-and-more") == f"v {FILTERED}"
+    logs.forget_registered_secrets()
+    assert redact_text("v plain-registered-value-42") == "v plain-registered-value-42"

@@ -9,39 +9,53 @@ change of that default cannot pass unnoticed. Graceful drain is hypercorn's: whe
 
 from __future__ import annotations
 
-import functools
+import errno
 import logging
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
-import hypercorn.trio
-import hypercorn.trio.run
 import trio
 from hypercorn.config import Config
+from hypercorn.trio.lifespan import Lifespan
 from hypercorn.trio.tcp_server import TCPServer
+from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.typing import (
     ASGIFramework,
     ASGIReceiveCallable,
     ASGISendCallable,
     ASGISendEvent,
+    ConnectionState,
+    LifespanState,
     Scope,
 )
+from hypercorn.utils import ShutdownError, raise_shutdown, repr_socket_addr, wrap_app
+from prometheus_client import CollectorRegistry
 from quart_trio import QuartTrio
+
+from fractal_hostd.api.connections import (
+    DEFAULT_MAX_CONNECTIONS,
+    ConnectionGate,
+    MemoryTrimmer,
+    refuse,
+)
+from fractal_hostd.api.slots import DEFAULT_REQUEST_SLOTS, RequestSlots, SlottedApp
 
 logger = logging.getLogger(__name__)
 
 # A client that has not finished its TLS handshake in this long is not the webserver.
 SSL_HANDSHAKE_TIMEOUT = 10.0
+# As `trio.serve_listeners`: accept fails for want of descriptors or memory; retry shortly.
+_ACCEPT_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
 
 
 class _ContainedTCPServer(TCPServer):
     """hypercorn's per-connection handler, whose errors end that connection only.
 
-    hypercorn runs each connection under `trio.serve_listeners`, whose handler nursery is the
-    server's own: an exception escaping one connection's protocol code cancels the whole
-    server, and with it the service (contract §5: bad input must never disturb it). That is
-    not theoretical: hypercorn 0.18's HTTP/2 code raises KeyError for DATA that arrives on a
-    stream it has already answered (pgjones/hypercorn#334, unfixed), which any client gets by
+    Each connection runs in the server's handler nursery: an exception escaping one
+    connection's protocol code would cancel the whole server, and with it the service
+    (contract §5: bad input must never disturb it). That is not theoretical: hypercorn 0.18's
+    HTTP/2 code raises KeyError for DATA that arrives on a stream it has already answered
+    (pgjones/hypercorn#334, unfixed), which any client gets by
     sending a body over 64 KiB (413) or a large body to an unknown path (404). Under asyncio
     hypercorn loses just the connection; this gives trio the same behaviour.
     """
@@ -58,6 +72,14 @@ class _ContainedTCPServer(TCPServer):
                 exc_info=logger.isEnabledFor(logging.DEBUG),
             )
 
+    async def _read_data(self) -> None:
+        await super()._read_data()
+        # The client has closed. With no request in flight, hypercorn's HTTP/1.1 protocol
+        # ignores that and its keep-alive timer alone ends the connection, 5 s later: a slot
+        # of FRACTAL_API_MAX_CONNECTIONS, a TLS object and a task held for nothing (a flood
+        # of connect-and-close then filled the cap). A request in flight still finishes.
+        await self.idle_task.stop()
+
 
 def _leaves(error: BaseException) -> Iterator[BaseException]:
     if isinstance(error, BaseExceptionGroup):
@@ -65,10 +87,6 @@ def _leaves(error: BaseException) -> Iterator[BaseException]:
             yield from _leaves(inner)
     else:
         yield error
-
-
-# `hypercorn.trio.serve` builds each connection's handler from this module attribute.
-hypercorn.trio.run.TCPServer = _ContainedTCPServer  # type: ignore[attr-defined]
 
 
 class _ShieldedSend:
@@ -131,24 +149,102 @@ async def serve_api(
     keyfile: Path,
     shutdown_trigger: Callable[[], Awaitable[None]],
     graceful_timeout: float = 3.0,
+    max_connections: int = DEFAULT_MAX_CONNECTIONS,
+    metrics_registry: CollectorRegistry | None = None,
+    request_slots: int = DEFAULT_REQUEST_SLOTS,
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve until `shutdown_trigger` returns and in-flight requests are drained.
 
     `task_status.started()` reports the bound URL (``https://HOST:PORT``, the real port when
-    `bind` asked for port 0) once the socket listens.
+    `bind` asked for port 0) once the socket listens. At most `max_connections` are open at
+    once; the refused ones are counted in `metrics_registry` (see `connections`). At most
+    `request_slots` requests run their handler at once (see `slots`).
+
+    This is `hypercorn.trio.serve` (hypercorn/trio/run.py: lifespan, drain, graceful timeout)
+    with our own accept loop in place of `trio.serve_listeners` + `trio.SSLListener`: those
+    wrap every accepted socket in TLS before a handler could refuse it.
     """
     config = hypercorn_config(
         bind=bind, certfile=certfile, keyfile=keyfile, graceful_timeout=graceful_timeout
     )
-    async with trio.open_nursery() as nursery:
-        urls: list[str] = await nursery.start(
-            functools.partial(
-                hypercorn.trio.serve,
-                _ShieldedSend(app, limit=graceful_timeout),
-                config,
-                shutdown_trigger=shutdown_trigger,
-                mode="asgi",
-            )
-        )
-        task_status.started(urls[0])
+    gate = ConnectionGate(max_connections, metrics_registry)
+    slots = RequestSlots(request_slots)
+    asgi = wrap_app(
+        SlottedApp(_ShieldedSend(app, limit=graceful_timeout), slots),
+        config.wsgi_max_body_size,
+        "asgi",
+    )
+    lifespan_state: LifespanState = {}
+    lifespan = Lifespan(asgi, config, lifespan_state)
+    context = WorkerContext(None)
+    ssl_context = config.create_ssl_context()
+    assert ssl_context is not None  # certfile and keyfile are always set
+
+    async def handle(raw: trio.SocketStream) -> None:
+        try:
+            stream = trio.SSLStream(raw, ssl_context, server_side=True, https_compatible=True)
+            state = ConnectionState(lifespan_state.copy())
+            await _ContainedTCPServer(asgi, config, context, state, stream).run()
+        finally:
+            gate.release()
+            await trio.aclose_forcefully(raw)
+
+    async with trio.open_nursery() as lifespan_nursery:
+        await lifespan_nursery.start(lifespan.handle_lifespan)
+        await lifespan.wait_for_startup()
+        async with trio.open_nursery() as server_nursery:
+            sockets = config.create_sockets()
+            listeners = []
+            for sock in sockets.secure_sockets:
+                sock.listen(config.backlog)
+                listeners.append(trio.SocketListener(trio.socket.from_stdlib_socket(sock)))
+            urls = [
+                f"https://{repr_socket_addr(sock.family, sock.getsockname())}"
+                for sock in sockets.secure_sockets
+            ]
+            task_status.started(urls[0])
+            try:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(raise_shutdown, shutdown_trigger)
+                    nursery.start_soon(raise_shutdown, context.terminate.wait)
+                    nursery.start_soon(MemoryTrimmer(gate).run)
+                    nursery.start_soon(slots.run)
+                    for listener in listeners:
+                        nursery.start_soon(_accept, listener, gate, server_nursery, handle)
+            except BaseExceptionGroup as error:
+                _, other_errors = error.split(ShutdownError)
+                if other_errors is not None:
+                    raise other_errors from None
+            finally:
+                slots.open_all()  # the reaper has stopped: no request may wait for a slot now
+                await context.terminated.set()
+                # In-flight requests get the graceful timeout, then are cancelled.
+                server_nursery.cancel_scope.deadline = trio.current_time() + graceful_timeout
+        await lifespan.wait_for_shutdown()
+        lifespan_nursery.cancel_scope.cancel()
+
+
+async def _accept(
+    listener: trio.SocketListener,
+    gate: ConnectionGate,
+    handlers: trio.Nursery,
+    handle: Callable[[trio.SocketStream], Awaitable[None]],
+) -> None:
+    """Accept connections into `handlers` while the gate admits them; refuse the rest."""
+    async with listener:
+        while True:
+            try:
+                stream = await listener.accept()
+            except OSError as exc:
+                if exc.errno not in _ACCEPT_CAPACITY_ERRNOS:
+                    raise
+                # Out of file descriptors or memory: the connections we have must end first.
+                # A warning (a Sentry breadcrumb): at error, one event every 0.1 s.
+                logger.warning("API cannot accept connections: %s", exc.strerror)
+                await trio.sleep(0.1)
+                continue
+            if gate.admit():
+                handlers.start_soon(handle, stream)
+            else:
+                refuse(stream)

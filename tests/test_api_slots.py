@@ -1,0 +1,100 @@
+"""Request slots: few requests at once run their handler; a waiting one gives its slot up.
+
+Virtual time (autojump_clock) throughout: the lease is a timing rule.
+"""
+
+from __future__ import annotations
+
+import trio
+
+from fractal_hostd.api.slots import RequestSlots, SlottedApp
+
+
+async def test_requests_beyond_the_limit_wait_for_a_slot(autojump_clock: trio.abc.Clock) -> None:
+    slots = RequestSlots(limit=1, lease=10.0)
+    order: list[str] = []
+
+    async def request(name: str, work: float) -> None:
+        token = await slots.acquire()
+        order.append(f"{name} in")
+        await trio.sleep(work)
+        order.append(f"{name} out")
+        slots.release(token)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(slots.run)
+        nursery.start_soon(request, "a", 1.0)
+        await trio.sleep(0.1)
+        nursery.start_soon(request, "b", 1.0)
+        await trio.sleep(5)
+        nursery.cancel_scope.cancel()
+    assert order == ["a in", "a out", "b in", "b out"]
+    assert slots.reaped == 0
+
+
+async def test_a_slot_held_past_its_lease_goes_to_the_next_request(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """A request waiting for a container (up to FRACTAL_CONTAINER_WAIT) must not hold up
+    the others: its slot is reaped after the lease, and its own late release is a no-op."""
+    slots = RequestSlots(limit=1, lease=0.005)
+    entered: dict[str, float] = {}
+
+    async def request(name: str, work: float) -> None:
+        token = await slots.acquire()
+        entered[name] = trio.current_time()
+        await trio.sleep(work)
+        slots.release(token)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(slots.run)
+        start = trio.current_time()
+        nursery.start_soon(request, "waits on a container", 10.0)
+        await trio.sleep(0.001)
+        nursery.start_soon(request, "quick", 0.001)
+        await trio.sleep(20)
+        # Both done; the slot came back exactly once: two can no longer run at once.
+        assert slots._free.value == 1
+        nursery.cancel_scope.cancel()
+    assert entered["quick"] - start == 0.005
+    assert slots.reaped == 1
+
+
+async def test_lifespan_never_waits_for_a_slot(autojump_clock: trio.abc.Clock) -> None:
+    slots = RequestSlots(limit=1, lease=10.0)
+    calls: list[str] = []
+
+    async def app(scope: dict[str, str], receive: object, send: object) -> None:
+        calls.append(scope["type"])
+
+    token = await slots.acquire()  # every slot taken
+    with trio.fail_after(1):
+        await SlottedApp(app, slots)({"type": "lifespan"}, None, None)  # type: ignore[arg-type]
+    slots.release(token)
+    with trio.fail_after(1):
+        await SlottedApp(app, slots)({"type": "http"}, None, None)  # type: ignore[arg-type]
+    assert calls == ["lifespan", "http"]
+
+
+async def test_at_shutdown_every_request_goes_in(autojump_clock: trio.abc.Clock) -> None:
+    """The reaper stops with the listeners; queued requests must not wait for a slot that a
+    request waiting for its container holds (they would be cancelled at the graceful timeout)."""
+    slots = RequestSlots(limit=1, lease=0.005)  # no reaper running: as during the drain
+    holder = await slots.acquire()
+    entered: list[float] = []
+
+    async def queued() -> None:
+        token = await slots.acquire()
+        entered.append(trio.current_time())
+        slots.release(token)
+
+    async with trio.open_nursery() as nursery:
+        start = trio.current_time()
+        nursery.start_soon(queued)
+        await trio.sleep(1)
+        assert entered == []
+        slots.open_all()
+        await trio.sleep(0)
+        nursery.start_soon(queued)  # and a later one does not wait either
+    slots.release(holder)
+    assert entered == [start + 1, start + 1]
