@@ -188,6 +188,35 @@ async def test_the_shielded_last_send_gives_up_after_its_limit(autojump_clock: o
     assert blocked_for == [3.0]
 
 
+async def test_a_last_send_begun_during_the_drain_gets_only_what_is_left_of_it(
+    autojump_clock: object,
+) -> None:
+    """The stop path's bound counts the drain once: a send that starts 2.5 s into a 3 s drain
+    may hold the shield 0.5 s, not another whole graceful timeout."""
+    blocked_for: list[float] = []
+
+    async def app(scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable) -> None:
+        await send({"type": "http.response.body", "body": b"{}", "more_body": False})
+
+    async def window_never_opens(message: ASGISendEvent) -> None:
+        started = trio.current_time()
+        try:
+            with trio.move_on_after(3600):
+                await trio.sleep_forever()
+        finally:
+            blocked_for.append(trio.current_time() - started)
+
+    async def receive() -> ASGIReceiveEvent:
+        raise AssertionError("not called")
+
+    shielded = _ShieldedSend(app, limit=3.0)  # type: ignore[arg-type]
+    shielded.drain_deadline = trio.current_time() + 0.5
+    with trio.CancelScope() as drain_expired:
+        drain_expired.cancel()
+        await shielded({"type": "http"}, receive, window_never_opens)  # type: ignore[arg-type]
+    assert blocked_for == [0.5]
+
+
 def _has_ipv6_loopback() -> bool:
     try:
         with socket.socket(socket.AF_INET6) as sock:
