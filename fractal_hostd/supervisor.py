@@ -242,6 +242,7 @@ class Service:
             )
             self.report.arm_dying_heartbeat(heartbeats.send_dying)
 
+        self.state.drain_hook = self._drain_hook(heartbeats)  # POST /drain takes the spot path
         await self._serve_api(outer, metadata)
         await self.cloud_storage.remove_leftovers()
         await inner.start(
@@ -284,6 +285,7 @@ class Service:
         # Everything allocated so far lives as long as the process: keep it out of the
         # collector's full passes, which otherwise stall the loop for 12-20 ms (bench/).
         gc.freeze()
+        self.state.mark_started()
         sdnotify.ready()
         logger.info(
             "ready",
@@ -344,7 +346,8 @@ class Service:
             telemetry.capture_warning(
                 "host is draining", kind=notice.kind, action=notice.action, time=notice.time
             )
-            if heartbeats is not None:
+            # Before heartbeat 0 nothing is sent now: heartbeat 0 then carries IsDraining.
+            if heartbeats is not None and heartbeats.next_number > 0:
                 await heartbeats.send_now()
 
         return on_drain

@@ -9,7 +9,15 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from fractal_hostd.api.validation import MAX_ARN, MAX_DPI, MAX_STRING, MAX_TOKEN, MIN_DPI, PROVIDERS
+from fractal_hostd.api.validation import (
+    MAX_ARN,
+    MAX_DPI,
+    MAX_REASON,
+    MAX_STRING,
+    MAX_TOKEN,
+    MIN_DPI,
+    PROVIDERS,
+)
 
 _HOST_PORT = {"type": "integer", "minimum": 1, "maximum": 65535}
 _DPI = {"type": "integer", "minimum": MIN_DPI, "maximum": MAX_DPI}
@@ -52,9 +60,11 @@ _ERRORS_NO_BODY = {
 }
 
 
-def _body(properties: dict[str, Any], required: list[str]) -> dict[str, Any]:
+def _body(
+    properties: dict[str, Any], required: list[str], *, required_body: bool = True
+) -> dict[str, Any]:
     return {
-        "required": True,
+        "required": required_body,
         "content": {
             "application/json": {
                 "schema": {
@@ -95,8 +105,79 @@ _DOCUMENT: dict[str, Any] = {
                 "responses": {
                     "200": _json(
                         "Running.",
-                        {"type": "object", "properties": {"status": {"const": "ok"}}},
+                        {
+                            "type": "object",
+                            "properties": {
+                                "status": {"const": "ok"},
+                                "checks": {"$ref": "#/components/schemas/Checks"},
+                            },
+                            "required": ["status", "checks"],
+                        },
                     )
+                },
+            }
+        },
+        "/ready": {
+            "get": {
+                "summary": "Readiness: 200 only when this host can take containers now.",
+                "security": [],
+                "responses": {
+                    "200": _json(
+                        "Ready.",
+                        {
+                            "type": "object",
+                            "properties": {
+                                "result": {"const": "ready"},
+                                "checks": {"$ref": "#/components/schemas/Checks"},
+                            },
+                            "required": ["result", "checks"],
+                        },
+                    ),
+                    "503": _json(
+                        "Not ready; `failing` names the checks that fail.",
+                        {
+                            "type": "object",
+                            "properties": {
+                                "error": {"type": "string"},
+                                "failing": {
+                                    "type": "array",
+                                    "items": {
+                                        "enum": ["startup", "docker", "reconcile", "draining"]
+                                    },
+                                },
+                                "checks": {"$ref": "#/components/schemas/Checks"},
+                            },
+                            "required": ["error", "failing", "checks"],
+                        },
+                    ),
+                },
+            }
+        },
+        "/drain": {
+            "post": {
+                "summary": "Make the host drain, as a spot notice does; idempotent.",
+                "requestBody": _body(
+                    {"reason": _optional_string(MAX_REASON)}, [], required_body=False
+                ),
+                "responses": {
+                    "200": _json(
+                        "Draining (now or already).",
+                        {
+                            "type": "object",
+                            "properties": {
+                                "result": {
+                                    "type": "object",
+                                    "properties": {
+                                        "draining": {"$ref": "#/components/schemas/Draining"},
+                                        "already_draining": {"type": "boolean"},
+                                    },
+                                    "required": ["draining", "already_draining"],
+                                }
+                            },
+                            "required": ["result"],
+                        },
+                    ),
+                    **_ERRORS_WITH_BODY,
                 },
             }
         },
@@ -213,6 +294,36 @@ _DOCUMENT: dict[str, Any] = {
                 "properties": {"result": {"type": "null"}, "error": {"type": "string"}},
                 "required": ["result", "error"],
             },
+            "Checks": {
+                "type": "object",
+                "properties": {
+                    "started": {"type": "boolean"},
+                    "docker_connected": {"type": "boolean"},
+                    "last_reconcile_age_seconds": {"type": ["number", "null"]},
+                    "event_lag_seconds": {"type": ["number", "null"]},
+                    "pending_file_writes": {"type": "integer"},
+                    "draining": {"type": "boolean"},
+                },
+                "required": [
+                    "started",
+                    "docker_connected",
+                    "last_reconcile_age_seconds",
+                    "event_lag_seconds",
+                    "pending_file_writes",
+                    "draining",
+                ],
+            },
+            "Draining": {
+                "type": "object",
+                "properties": {
+                    "kind": {"enum": ["spot", "rebalance", "operator"]},
+                    "action": {"type": ["string", "null"]},
+                    "time": {"type": "string"},
+                    "seen_at": {"type": "string"},
+                    "reason": {"type": ["string", "null"]},
+                },
+                "required": ["kind", "action", "time", "seen_at", "reason"],
+            },
             "Container": {
                 "type": "object",
                 "properties": {
@@ -232,7 +343,9 @@ _DOCUMENT: dict[str, Any] = {
                     "environment": {"type": "string"},
                     "api_url": {"type": ["string", "null"]},
                     "metadata": {"type": ["object", "null"]},
-                    "draining": {"type": ["object", "null"]},
+                    "draining": {
+                        "oneOf": [{"$ref": "#/components/schemas/Draining"}, {"type": "null"}]
+                    },
                     "docker": {"type": "object"},
                     "containers": {
                         "type": "array",

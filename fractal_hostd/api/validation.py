@@ -18,6 +18,7 @@ MAX_STRING = 4096
 MAX_TOKEN = 8192  # OAuth access/refresh tokens (Google's are ~2 KB; room to grow)
 MAX_ARN = 2048
 MIN_DPI, MAX_DPI = 1, 1000
+MAX_REASON = 500
 PROVIDERS: Final = ("google_drive", "dropbox")
 
 
@@ -51,6 +52,14 @@ def parse_json_object(raw: bytes) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise InvalidInput("body must be a JSON object")
     return value
+
+
+def parse_drain_request(body: dict[str, Any]) -> str | None:
+    """The operator's optional `reason` for POST /drain (one printable line; "" is none)."""
+    reason = _optional_string(body, "reason", MAX_REASON)
+    if reason is not None and not reason.isprintable():
+        raise InvalidInput("reason must be a single line of printable characters")
+    return reason or None
 
 
 def parse_dpi_request(body: dict[str, Any]) -> StartValues:

@@ -186,6 +186,7 @@ class _EventStream:
     async def _reconcile(self, reader: _Reader) -> int:
         """List + inspect, hand the truth to the lifecycle; returns the sequence number
         below which queued events predate this snapshot."""
+        started = trio.current_time()
         running = await fetch_running(self.client)
         if not self.adopted:
             # A failure here is a start-up failure: let it reach the supervisor.
@@ -196,6 +197,9 @@ class _EventStream:
                 await self.lifecycle.reconcile(running)
             except Exception:
                 logger.exception("reconcile failed; retried at the next one")
+                self.status.reconcile_failed()
+                return reader.received
+        self.status.reconciled(started)
         logger.debug("reconciled: %d running containers", len(running))
         return reader.received
 
@@ -239,6 +243,7 @@ class _EventStream:
                 if info is not None and info.running:
                     if info.host_port is not None:
                         await self.lifecycle.on_running(info)
+                        self.status.files_written(event)
                 else:
                     await self.lifecycle.on_gone(container_id)
             elif action in ("die", "destroy"):
@@ -252,7 +257,7 @@ class _EventStream:
             logger.exception(
                 "handling %s event failed", action, extra={"container_id": container_id}
             )
-        self.status.events_processed += 1
+        self.status.event_processed(event)
 
 
 async def run_event_stream(
