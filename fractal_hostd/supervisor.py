@@ -339,7 +339,7 @@ class Service:
         logger.info("HTTPS API serving", extra={"url": url})
 
     def _count_heartbeat(self, ok: bool) -> None:
-        self.metrics.heartbeats.labels(result="ok" if ok else "failed").inc()
+        self.metrics.heartbeat_sent(self.state.last_heartbeat)  # counts, round trip, last ok
 
     def _drain_hook(self, heartbeats: Heartbeats | None) -> DrainHook:
         async def on_drain(notice: DrainNotice) -> None:

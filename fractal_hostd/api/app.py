@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 
 import sentry_sdk
+import trio
 from quart import Request, Response, g, jsonify, request
 from quart_trio import QuartTrio
 from sentry_sdk.types import Event, Hint
@@ -22,6 +24,7 @@ from werkzeug.wrappers import Response as WerkzeugResponse
 from fractal_hostd.api.auth import Authenticator
 from fractal_hostd.api.errors import ApiError
 from fractal_hostd.api.routes import ApiContext, CloudStorageMounter, register_routes
+from fractal_hostd.cloud_storage import OAuthToken
 from fractal_hostd.containers.lifecycle import ContainerLifecycle
 from fractal_hostd.containers.registry import ContainerRegistry
 from fractal_hostd.hoststate import HostState
@@ -70,6 +73,8 @@ def create_app(
     )
     app.json.sort_keys = False  # type: ignore[attr-defined]  # keep the documented field order
     metrics.track(state=state, containers=registry)
+    if cloud_storage is not None:
+        cloud_storage = _MeasuredMounts(cloud_storage, metrics)
     context = ApiContext(
         state=state,
         registry=registry,
@@ -83,6 +88,44 @@ def create_app(
     _install_hooks(app, metrics)
     _install_error_handlers(app)
     return app
+
+
+class _MeasuredMounts:
+    """The cloud storage as the routes see it, with every mount's duration or failure
+    counted (so the mount route itself stays about the request)."""
+
+    def __init__(self, inner: CloudStorageMounter, metrics: Metrics) -> None:
+        self._inner = inner
+        self._metrics = metrics
+
+    async def mount(
+        self,
+        *,
+        host_port: int,
+        container_id: str,
+        provider: str,
+        token: OAuthToken,
+        client_id: str | None,
+        client_secret: str | None,
+    ) -> Path:
+        started = trio.current_time()
+        try:
+            mount_point = await self._inner.mount(
+                host_port=host_port,
+                container_id=container_id,
+                provider=provider,
+                token=token,
+                client_id=client_id,
+                client_secret=client_secret,
+            )
+        except Exception:  # a cancel (client gone, shutdown) is not the mount's failure
+            self._metrics.mount_done(provider, trio.current_time() - started, ok=False)
+            raise
+        self._metrics.mount_done(provider, trio.current_time() - started, ok=True)
+        return mount_point
+
+    async def unmount_container(self, host_port: int) -> None:
+        await self._inner.unmount_container(host_port)
 
 
 def _install_hooks(app: HostApi, metrics: Metrics) -> None:
