@@ -344,7 +344,7 @@ async def test_every_authenticated_endpoint_refuses_without_credentials(
     [
         ({"dpi": 96}, "host_port"),
         ({"host_port": "40000", "dpi": 96}, "host_port"),
-        ({"host_port": 40000.0, "dpi": 96}, "host_port"),
+        ({"host_port": 40000.5, "dpi": 96}, "host_port"),
         ({"host_port": True, "dpi": 96}, "host_port"),
         ({"host_port": 0, "dpi": 96}, "host_port"),
         ({"host_port": 65536, "dpi": 96}, "host_port"),

@@ -23,6 +23,7 @@ from werkzeug.wrappers import Response as WerkzeugResponse
 
 from fractal_hostd.api.auth import Authenticator
 from fractal_hostd.api.errors import ApiError
+from fractal_hostd.api.limits import BODY_TIMEOUT_SECONDS, MAX_BODY_BYTES
 from fractal_hostd.api.routes import ApiContext, CloudStorageMounter, register_routes
 from fractal_hostd.cloud_storage import OAuthToken
 from fractal_hostd.containers.lifecycle import ContainerLifecycle
@@ -32,9 +33,6 @@ from fractal_hostd.metrics import Metrics
 
 logger = logging.getLogger(__name__)
 
-MAX_BODY_BYTES = 64 * 1024
-# A client that has not sent its (at most 64 KiB) body after this long is not a webserver.
-BODY_TIMEOUT_SECONDS = 10
 _MAX_LOGGED_PATH = 100  # our routes are short; a long path is junk (and costly to redact)
 _QUIET_ENDPOINTS = frozenset({"/health", "/metrics"})
 _HTTP_ERRORS = {

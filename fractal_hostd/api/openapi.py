@@ -1,7 +1,17 @@
 """The OpenAPI 3.1 description of the HTTPS API, served at `GET /openapi.json`.
 
-Written by hand from contract §5 (the routes carry no schema annotations to derive it from);
-a test checks that it lists exactly the app's routes and methods, so the two cannot drift.
+Written by hand from contract §5 (the routes carry no schema annotations to derive it from).
+It must tell the truth both ways, and two tests hold it to that: one checks that it lists
+exactly the app's routes and methods; a bounded schemathesis run
+(tests/test_openapi_schemathesis.py) sends what the document allows and what it forbids to
+the served app and checks every answer against it. So every rule of `validation.py` is
+stated here with the same constants (numbers are JSON Schema `integer`s, which admit `96.0`,
+as the server does; text rules are `pattern`s the server applies verbatim), and every error
+answer a route can give is listed.
+
+Not expressible per operation, so described in `info` and `components.responses`: 404 for
+an unknown path, 405 (with `Allow`) for a method a path does not serve. Lone UTF-16
+surrogates (`"\\ud800"`) in any string are refused with 400: JSON Schema cannot say so.
 """
 
 from __future__ import annotations
@@ -9,6 +19,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from fractal_hostd.api.limits import BODY_TIMEOUT_SECONDS, MAX_BODY_BYTES
 from fractal_hostd.api.validation import (
     MAX_ARN,
     MAX_DPI,
@@ -16,6 +27,9 @@ from fractal_hostd.api.validation import (
     MAX_STRING,
     MAX_TOKEN,
     MIN_DPI,
+    NO_NUL_PATTERN,
+    ONE_LINE_PATTERN,
+    PRINTABLE_ASCII_PATTERN,
     PROVIDERS,
 )
 
@@ -23,16 +37,29 @@ _HOST_PORT = {"type": "integer", "minimum": 1, "maximum": 65535}
 _DPI = {"type": "integer", "minimum": MIN_DPI, "maximum": MAX_DPI}
 _AUTH_SECRET = {
     "type": "string",
-    "description": "The shared secret, as an alternative to the Authorization header.",
+    "deprecated": True,
+    "writeOnly": True,
+    "description": (
+        "Legacy: the shared secret in the body, the original webserver's way. Prefer the "
+        "`Authorization: Bearer` header. Every credential presented must be right: a wrong "
+        "`auth_secret` is refused (401) even next to a right header."
+    ),
 }
 
 
-def _string(max_length: int, min_length: int = 1) -> dict[str, Any]:
-    return {"type": "string", "minLength": min_length, "maxLength": max_length}
+def _ascii_line(max_length: int) -> dict[str, Any]:
+    """Written into a file or an rclone config: printable ASCII, non-empty."""
+    return {
+        "type": "string",
+        "minLength": 1,
+        "maxLength": max_length,
+        "pattern": PRINTABLE_ASCII_PATTERN,
+    }
 
 
-def _optional_string(max_length: int) -> dict[str, Any]:
-    return {"type": ["string", "null"], "maxLength": max_length}
+def _optional_string(max_length: int, pattern: str = NO_NUL_PATTERN) -> dict[str, Any]:
+    """Absent, null and (for these fields) "" all mean "not given"."""
+    return {"type": ["string", "null"], "maxLength": max_length, "pattern": pattern}
 
 
 def _error(description: str) -> dict[str, Any]:
@@ -46,18 +73,21 @@ def _json(description: str, schema: dict[str, Any]) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
-_ERRORS_WITH_BODY = {
-    "400": _error("Malformed JSON or an invalid field (named in `error`)."),
-    "401": _error("Missing or wrong credentials."),
+# Every authenticated route reads the body (if any) before checking credentials, so each
+# can answer 400 (a body that is not a JSON object), 408 and 413, and 401.
+_REQUEST_ERRORS = {
+    "400": _error("Malformed JSON, not an object, or an invalid field (named in `error`)."),
+    "401": _error("Missing or wrong credentials (always `unauthorized`)."),
+    "408": _error(f"The body did not arrive within {BODY_TIMEOUT_SECONDS} s."),
+    "413": _error(f"Body over {MAX_BODY_BYTES // 1024} KiB."),
+}
+_NOT_CARRIED_OUT = {
     "406": _json(
-        "Valid, but could not be carried out.",
+        "Valid, but could not be carried out (no such container, host draining, mount failed).",
         {"$ref": "#/components/schemas/NotCarriedOut"},
     ),
-    "413": _error("Body over 64 KiB."),
 }
-_ERRORS_NO_BODY = {
-    "401": _error("Missing or wrong credentials."),
-}
+_ERRORS_WITH_BODY = {**_REQUEST_ERRORS, **_NOT_CARRIED_OUT}
 
 
 def _body(
@@ -92,7 +122,13 @@ _DOCUMENT: dict[str, Any] = {
     "info": {
         "title": "fractal_hostd host API",
         "version": "1",
-        "description": "HTTPS API of a Fractal GPU host (self-signed certificate, TLS 1.2+).",
+        "description": (
+            "HTTPS API of a Fractal GPU host (self-signed certificate, TLS 1.2+). Besides the "
+            'answers listed per operation: 404 `{"error": "not found"}` for an unknown '
+            'path and 405 `{"error": "method not allowed"}` with an `Allow` header for a '
+            "method a path does not serve (components.responses). Strings with lone UTF-16 "
+            "surrogates or NUL characters are refused with 400."
+        ),
     },
     # The original webserver's way, an `auth_secret` body field, is not expressible as a
     # security scheme: it is listed in each request body instead.
@@ -157,7 +193,9 @@ _DOCUMENT: dict[str, Any] = {
             "post": {
                 "summary": "Make the host drain, as a spot notice does; idempotent.",
                 "requestBody": _body(
-                    {"reason": _optional_string(MAX_REASON)}, [], required_body=False
+                    {"reason": _optional_string(MAX_REASON, ONE_LINE_PATTERN)},
+                    [],
+                    required_body=False,
                 ),
                 "responses": {
                     "200": _json(
@@ -177,7 +215,7 @@ _DOCUMENT: dict[str, Any] = {
                             "required": ["result"],
                         },
                     ),
-                    **_ERRORS_WITH_BODY,
+                    **_REQUEST_ERRORS,
                 },
             }
         },
@@ -186,7 +224,7 @@ _DOCUMENT: dict[str, Any] = {
                 "summary": "Host state: metadata, draining, Docker, containers, heartbeat.",
                 "responses": {
                     "200": _json("The state.", {"$ref": "#/components/schemas/Status"}),
-                    **_ERRORS_NO_BODY,
+                    **_REQUEST_ERRORS,
                 },
             }
         },
@@ -198,7 +236,7 @@ _DOCUMENT: dict[str, Any] = {
                         "description": "Metrics.",
                         "content": {"text/plain": {"schema": {"type": "string"}}},
                     },
-                    **_ERRORS_NO_BODY,
+                    **_REQUEST_ERRORS,
                 },
             }
         },
@@ -207,7 +245,7 @@ _DOCUMENT: dict[str, Any] = {
                 "summary": "This document.",
                 "responses": {
                     "200": _json("OpenAPI 3.1 document.", {"type": "object"}),
-                    **_ERRORS_NO_BODY,
+                    **_REQUEST_ERRORS,
                 },
             }
         },
@@ -226,7 +264,7 @@ _DOCUMENT: dict[str, Any] = {
                         "host_port": _HOST_PORT,
                         "dpi": _DPI,
                         "user_id": _optional_string(MAX_STRING),
-                        "container_ARN": _optional_string(MAX_ARN),
+                        "container_ARN": _optional_string(MAX_ARN, PRINTABLE_ASCII_PATTERN),
                         "client_app_auth_secret": _optional_string(MAX_STRING),
                     },
                     ["host_port", "dpi"],
@@ -241,10 +279,10 @@ _DOCUMENT: dict[str, Any] = {
                     {
                         "host_port": _HOST_PORT,
                         "provider": {"type": "string", "enum": list(PROVIDERS)},
-                        "access_token": _string(MAX_TOKEN),
-                        "refresh_token": _string(MAX_TOKEN),
-                        "expiry": _string(64),
-                        "token_type": _string(64),
+                        "access_token": _ascii_line(MAX_TOKEN),
+                        "refresh_token": _ascii_line(MAX_TOKEN),
+                        "expiry": _ascii_line(64),
+                        "token_type": _ascii_line(64),
                         "client_id": _optional_string(MAX_STRING),
                         "client_secret": _optional_string(MAX_STRING),
                     },
@@ -280,6 +318,18 @@ _DOCUMENT: dict[str, Any] = {
         },
     },
     "components": {
+        "responses": {
+            "NotFound": _error("No such path."),
+            "MethodNotAllowed": {
+                **_error("The path does not serve this method."),
+                "headers": {
+                    "Allow": {
+                        "description": "The methods the path serves.",
+                        "schema": {"type": "string"},
+                    }
+                },
+            },
+        },
         "securitySchemes": {
             "bearer": {"type": "http", "scheme": "bearer"},
         },
