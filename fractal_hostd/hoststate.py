@@ -44,10 +44,10 @@ DrainHook = Callable[[DrainNotice], Awaitable[None]]
 
 
 class DockerStatusListener(Protocol):
-    """Who wants each observation as it happens (the metrics' histograms)."""
+    """Who wants each observation as it happens (the metrics' histograms, the history)."""
 
-    def event_processed(self, lag_seconds: float | None) -> None: ...
-    def files_written(self, seconds: float) -> None: ...
+    def event_processed(self, event: Mapping[str, Any], lag_seconds: float | None) -> None: ...
+    def files_written(self, event: Mapping[str, Any], seconds: float) -> None: ...
     def reconcile_done(self, duration_seconds: float | None, ok: bool) -> None: ...
 
 
@@ -65,7 +65,13 @@ class DockerStatus:
     last_reconcile_unix: float | None = None
     last_reconcile_duration_seconds: float | None = None
     reconcile_failures: int = 0
-    listener: DockerStatusListener | None = field(default=None, repr=False, compare=False)
+    listeners: list[DockerStatusListener] = field(default_factory=list, repr=False, compare=False)
+
+    def listen(self, listener: DockerStatusListener, *, replacing: type | None = None) -> None:
+        """Add `listener`, first removing any listener of type `replacing`."""
+        if replacing is not None:
+            self.listeners[:] = [x for x in self.listeners if not isinstance(x, replacing)]
+        self.listeners.append(listener)
 
     def event_processed(self, event: Mapping[str, Any]) -> None:
         """One event handled (called by the event stream, whatever the action)."""
@@ -73,16 +79,17 @@ class DockerStatus:
         lag = _seconds_since_event(event)
         if lag is not None:
             self.last_event_lag_seconds = lag
-        if self.listener is not None:
-            self.listener.event_processed(lag)
+        for listener in self.listeners:
+            listener.event_processed(event, lag)
 
     def files_written(self, event: Mapping[str, Any]) -> None:
         """A `start` event's tty and hostPort files are written."""
         if str(event.get("Action", "")).split(": ", 1)[0] != "start":
             return  # a replayed die of a restarted container: not a start's latency
         seconds = _seconds_since_event(event)
-        if seconds is not None and self.listener is not None:
-            self.listener.files_written(seconds)
+        if seconds is not None:
+            for listener in self.listeners:
+                listener.files_written(event, seconds)
 
     def reconciled(self, started_at: float) -> None:
         """A reconcile that began at trio time `started_at` succeeded just now."""
@@ -90,13 +97,13 @@ class DockerStatus:
         self.last_reconcile_at = now
         self.last_reconcile_unix = time.time()
         self.last_reconcile_duration_seconds = now - started_at
-        if self.listener is not None:
-            self.listener.reconcile_done(now - started_at, ok=True)
+        for listener in self.listeners:
+            listener.reconcile_done(now - started_at, ok=True)
 
     def reconcile_failed(self) -> None:
         self.reconcile_failures += 1
-        if self.listener is not None:
-            self.listener.reconcile_done(None, ok=False)
+        for listener in self.listeners:
+            listener.reconcile_done(None, ok=False)
 
 
 def _seconds_since_event(event: Mapping[str, Any]) -> float | None:

@@ -7,7 +7,7 @@ round trip, failures and last success, and the process itself (RSS, fds, CPU, st
 
 Observations that only the code doing the work can make (API requests, heartbeats, event
 lag, reconciles, mounts) go into ordinary prometheus_client counters and histograms; the
-Docker stream reports them through `DockerStatus.listener`, which `track` points here.
+Docker stream reports them through `DockerStatus.listeners`, which `track` points here.
 Everything that already exists as state — containers, free TTYs, draining, the Docker
 stream's counts, last successes — is read at scrape time by a custom collector instead of
 being mirrored: a mirror can drift, a read cannot.
@@ -25,8 +25,8 @@ several instances in one process never see each other's numbers.
 from __future__ import annotations
 
 import platform
-from collections.abc import Iterator, Sequence
-from typing import Protocol
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, Protocol
 
 from prometheus_client import (
     CollectorRegistry,
@@ -172,11 +172,11 @@ class Metrics:
 
     # DockerStatusListener (hoststate.py): the event stream's observations as they happen.
 
-    def event_processed(self, lag_seconds: float | None) -> None:
+    def event_processed(self, event: Mapping[str, Any], lag_seconds: float | None) -> None:
         if lag_seconds is not None:
             self.event_lag.observe(lag_seconds)
 
-    def files_written(self, seconds: float) -> None:
+    def files_written(self, event: Mapping[str, Any], seconds: float) -> None:
         self.start_to_files.observe(seconds)
 
     def reconcile_done(self, duration_seconds: float | None, ok: bool) -> None:
@@ -192,7 +192,7 @@ class Metrics:
             self.registry.unregister(self._state_collector)
         self._state_collector = _StateCollector(state, containers, self)
         self.registry.register(self._state_collector)
-        state.docker.listener = self
+        state.docker.listen(self, replacing=Metrics)
         self._build.info(
             {
                 "version": state.version,

@@ -132,6 +132,12 @@ def format_status(status: dict[str, Any]) -> str:
     lines.append(_row("draining", _draining(status.get("draining"))))
     lines.append(_row("last heartbeat", _heartbeat(status.get("last_heartbeat"))))
     lines.append(_row("free TTYs", str(status.get("free_ttys", "?"))))
+    errors = status.get("recent_errors") or []
+    if errors:
+        last = errors[-1]
+        lines.append(
+            _row("recent errors", f"{len(errors)}, last at {last.get('at')}: {last.get('message')}")
+        )
     containers = status.get("containers") or []
     lines.append(_row("containers", str(len(containers))))
     if containers:

@@ -183,16 +183,16 @@ def test_docker_status_records_lag_reconciles_and_start_latency() -> None:
     seen: list[tuple[str, float | None]] = []
 
     class Listener:
-        def event_processed(self, lag_seconds: float | None) -> None:
+        def event_processed(self, event: Any, lag_seconds: float | None) -> None:
             seen.append(("event", lag_seconds))
 
-        def files_written(self, seconds: float) -> None:
+        def files_written(self, event: Any, seconds: float) -> None:
             seen.append(("files", seconds))
 
         def reconcile_done(self, duration_seconds: float | None, ok: bool) -> None:
             seen.append(("reconcile" if ok else "reconcile-failed", duration_seconds))
 
-    status = DockerStatus(listener=Listener())
+    status = DockerStatus(listeners=[Listener()])
     stamped = dt.datetime.now(dt.UTC).timestamp() - 2.0
     status.event_processed({"Action": "start", "timeNano": int(stamped * 1e9)})
     assert status.events_processed == 1

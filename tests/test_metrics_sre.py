@@ -17,6 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from fractal_hostd.api.app import _MeasuredMounts
 from fractal_hostd.cloud_storage import MountFailed, OAuthToken
+from fractal_hostd.history import ContainerHistory
 from fractal_hostd.hoststate import HeartbeatRecord, HostState
 from fractal_hostd.metrics import Metrics
 from tests.api_fixtures import AUTH, Api, FakeCloudStorage, make_api
@@ -115,7 +116,7 @@ async def test_the_paging_series_are_exposed_with_units_and_totals(tmp_path: Pat
 async def test_a_cancelled_mount_is_not_a_mount_failure(tmp_path: Path) -> None:
     metrics = Metrics()
     cloud = FakeCloudStorage(root=tmp_path, during_mount=trio.sleep_forever)
-    mounts = _MeasuredMounts(cloud, metrics)
+    mounts = _MeasuredMounts(cloud, metrics, ContainerHistory(list))
     with trio.move_on_after(0.01):
         await mounts.mount(
             host_port=PORT,

@@ -117,3 +117,11 @@ def test_help_defaults_match_the_configuration() -> None:
     for variable, value in fixed.items():
         assert cli._DEFAULTS[variable] == value, variable
     assert f"{config.api_host}:{config.api_port}" in cli._DEFAULTS["FRACTAL_API_BIND"]
+
+
+def test_status_report_shows_the_last_error() -> None:
+    text = format_status(
+        {"recent_errors": [{"at": "T1", "message": "old"}, {"at": "T2", "message": "disk full"}]}
+    )
+    assert "recent errors:  2, last at T2: disk full" in text
+    assert "recent errors" not in format_status({"recent_errors": []})

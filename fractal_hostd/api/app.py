@@ -28,6 +28,7 @@ from fractal_hostd.api.routes import ApiContext, CloudStorageMounter, register_r
 from fractal_hostd.cloud_storage import OAuthToken
 from fractal_hostd.containers.lifecycle import ContainerLifecycle
 from fractal_hostd.containers.registry import ContainerRegistry
+from fractal_hostd.history import ContainerHistory, service_errors
 from fractal_hostd.hoststate import HostState
 from fractal_hostd.metrics import Metrics
 
@@ -71,8 +72,10 @@ def create_app(
     )
     app.json.sort_keys = False  # type: ignore[attr-defined]  # keep the documented field order
     metrics.track(state=state, containers=registry)
+    history = ContainerHistory(registry.records)
+    state.docker.listen(history, replacing=ContainerHistory)
     if cloud_storage is not None:
-        cloud_storage = _MeasuredMounts(cloud_storage, metrics)
+        cloud_storage = _MeasuredMounts(cloud_storage, metrics, history)
     context = ApiContext(
         state=state,
         registry=registry,
@@ -81,6 +84,8 @@ def create_app(
         authenticator=Authenticator(auth_secret),
         cloud_storage=cloud_storage,
         container_wait=container_wait,
+        history=history,
+        errors=service_errors(),
     )
     register_routes(app, context)
     _install_hooks(app, metrics)
@@ -90,11 +95,15 @@ def create_app(
 
 class _MeasuredMounts:
     """The cloud storage as the routes see it, with every mount's duration or failure
-    counted (so the mount route itself stays about the request)."""
+    counted and each mount in the container's history (so the mount route itself stays
+    about the request)."""
 
-    def __init__(self, inner: CloudStorageMounter, metrics: Metrics) -> None:
+    def __init__(
+        self, inner: CloudStorageMounter, metrics: Metrics, history: ContainerHistory
+    ) -> None:
         self._inner = inner
         self._metrics = metrics
+        self._history = history
 
     async def mount(
         self,
@@ -118,8 +127,10 @@ class _MeasuredMounts:
             )
         except Exception:  # a cancel (client gone, shutdown) is not the mount's failure
             self._metrics.mount_done(provider, trio.current_time() - started, ok=False)
+            self._history.record(container_id, "mount failed", provider)
             raise
         self._metrics.mount_done(provider, trio.current_time() - started, ok=True)
+        self._history.record(container_id, "mounted", provider)
         return mount_point
 
     async def unmount_container(self, host_port: int) -> None:

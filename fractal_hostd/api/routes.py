@@ -38,6 +38,7 @@ from fractal_hostd.api.validation import (
 from fractal_hostd.cloud_storage import MountFailed, OAuthToken
 from fractal_hostd.containers.lifecycle import ContainerLifecycle, ContainerUnknown
 from fractal_hostd.containers.registry import ContainerRecord, ContainerRegistry
+from fractal_hostd.history import ContainerHistory, ErrorRing
 from fractal_hostd.hoststate import DrainNotice, HostState
 from fractal_hostd.metrics import Metrics
 from fractal_hostd.spot import enter_draining
@@ -76,6 +77,8 @@ class ApiContext:
     authenticator: Authenticator
     cloud_storage: CloudStorageMounter | None
     container_wait: float
+    history: ContainerHistory
+    errors: ErrorRing
 
 
 def register_routes(app: QuartTrio, ctx: ApiContext) -> None:
@@ -116,7 +119,7 @@ def register_routes(app: QuartTrio, ctx: ApiContext) -> None:
     @app.route("/status", methods=["GET"])
     async def status() -> dict[str, Any]:
         await _authorized_body(ctx.authenticator, body_required=False)
-        return status_document(ctx.state, ctx.registry)
+        return status_document(ctx.state, ctx.registry, ctx.history, ctx.errors)
 
     @app.route("/metrics", methods=["GET"])
     async def metrics() -> Response:
@@ -233,5 +236,6 @@ async def _write_start_values(ctx: ApiContext, values: StartValues) -> dict[str,
         raise NotCarriedOut(
             f"could not write the container's files: {exc.strerror or type(exc).__name__}"
         ) from exc
+    ctx.history.record(record.id, "dpi set", f"dpi {values.dpi}")
     _log_context(container_id=record.id, host_port=values.host_port, dpi=values.dpi)
     return {"result": container_summary(record)}

@@ -1,4 +1,5 @@
-"""The `GET /status` document: a JSON view of HostState and the container registry."""
+"""The `GET /status` document: a JSON view of HostState, the container registry and the
+recent history (history.py)."""
 
 from __future__ import annotations
 
@@ -7,10 +8,16 @@ import datetime as dt
 from typing import Any
 
 from fractal_hostd.containers.registry import ContainerRecord, ContainerRegistry
+from fractal_hostd.history import ContainerHistory, ErrorRing
 from fractal_hostd.hoststate import DrainNotice, HostState
 
 
-def status_document(state: HostState, registry: ContainerRegistry) -> dict[str, Any]:
+def status_document(
+    state: HostState,
+    registry: ContainerRegistry,
+    history: ContainerHistory,
+    errors: ErrorRing,
+) -> dict[str, Any]:
     notice, heartbeat, docker = state.draining, state.last_heartbeat, state.docker
     return {
         "version": state.version,
@@ -32,9 +39,14 @@ def status_document(state: HostState, registry: ContainerRegistry) -> dict[str, 
         },
         "pending_file_writes": state.pending_file_writes,
         "containers": [
-            container_summary(record)
+            {
+                **container_summary(record),
+                "history": history.transitions(record.id),
+            }
             for record in sorted(registry.records(), key=lambda r: r.host_port)
         ],
+        "recently_gone": history.gone(),
+        "recent_errors": errors.records(),
         "free_ttys": registry.free_ttys,
         "last_heartbeat": None
         if heartbeat is None
