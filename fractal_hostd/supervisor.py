@@ -18,6 +18,7 @@ the outer nursery closes. Start-up runs inside the inner nursery's body, step by
 from __future__ import annotations
 
 import contextlib
+import errno
 import faulthandler
 import functools
 import gc
@@ -47,6 +48,7 @@ from fractal_hostd.hoststate import DrainNotice, HostState, InstanceMetadata
 from fractal_hostd.imds import LOCAL_METADATA, ImdsClient, MetadataUnavailable, fetch_metadata
 from fractal_hostd.logs import register_secret, setup_logging
 from fractal_hostd.metrics import Metrics
+from fractal_hostd.portholder import describe_port_holder
 from fractal_hostd.secrets import ensure_private_dir, load_or_create_auth_secret
 from fractal_hostd.shutdown import ShutdownCause, ShutdownReport
 from fractal_hostd.spot import DrainHook, run_spot_poller
@@ -58,6 +60,8 @@ logger = logging.getLogger(__name__)
 
 class ApiUnavailable(Exception):
     """The HTTPS API cannot listen where it is configured to."""
+
+    show_traceback = False  # the operator's to fix; the message says what (shutdown.py)
 
 
 # Conditions that end the service on purpose; anything else escaping a child is a crash.
@@ -331,6 +335,9 @@ class Service:
             while isinstance(error, BaseExceptionGroup):
                 error = error.exceptions[0]
             reason = error.strerror if isinstance(error, OSError) and error.strerror else error
+            if isinstance(error, OSError) and error.errno == errno.EADDRINUSE:
+                holder = describe_port_holder(config.api_port)
+                reason = f"{reason}, {holder}; stop it or choose another port"
             raise ApiUnavailable(
                 f"cannot serve the API on FRACTAL_API_BIND={config.api_bind}: {reason}"
             ) from error

@@ -7,6 +7,7 @@ real API over TLS on loopback port 0; an absolute `trio.fail_after` bounds each 
 from __future__ import annotations
 
 import functools
+import os
 from pathlib import Path
 
 import pytest
@@ -125,3 +126,50 @@ def test_status_report_shows_the_last_error() -> None:
     )
     assert "recent errors:  2, last at T2: disk full" in text
     assert "recent errors" not in format_status({"recent_errors": []})
+
+
+def test_every_failed_check_carries_its_remedy(tmp_path: Path) -> None:
+    import io
+    import socket
+
+    from fractal_hostd import checks
+
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("x")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = Config.from_env(
+            {
+                "APP_ENV": "localdev",
+                "FRACTAL_ROOT": str(not_a_dir / "root"),
+                "FRACTAL_PRIVATE_DIR": str(tmp_path / "private"),
+                "DOCKER_HOST": f"unix://{tmp_path}/no-docker.sock",
+                "FRACTAL_API_BIND": f"127.0.0.1:{port}",
+            },
+            {},
+        )
+        results = [
+            checks.check_root(Config.from_env({"APP_ENV": "prod", **_PROD}, {}), euid=1000),
+            checks.check_writable_dir("root dir", config.root),
+            checks.check_api_port(config),
+            trio.run(checks.check_docker, config.docker_socket),
+            *checks.check_cloud_storage(),
+        ]
+    failing = [r for r in results if r.status != "ok"]
+    assert {r.name for r in failing} >= {"root", "root dir", "api port", "docker"}
+    for result in failing:
+        assert result.remedy, result.name
+    api_port = next(r for r in failing if r.name == "api port")
+    assert f"held by pid {os.getpid()}" in api_port.detail
+    assert "FRACTAL_API_BIND" in api_port.remedy
+    out = io.StringIO()
+    checks.print_report(results, out)
+    lines = out.getvalue().splitlines()
+    for index, line in enumerate(lines):
+        if line.startswith(("FAIL", "WARN")):
+            assert lines[index + 1].lstrip().startswith("→ "), line
+
+
+_PROD = {"FRACTAL_WEBSERVER_AUTH_SECRET": "a-secret-of-sufficient-length-123"}
