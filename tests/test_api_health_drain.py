@@ -246,3 +246,22 @@ async def test_the_event_stream_records_reconciles_lag_and_failures(
             assert status.reconcile_failures == 1
             assert status.last_reconcile_at == first
             nursery.cancel_scope.cancel()
+
+
+async def test_a_drain_hook_that_hangs_is_cut_short_and_the_drain_stands(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    from fractal_hostd.api.routes import DRAIN_HOOK_TIMEOUT
+
+    api = make_api(tmp_path)
+
+    async def hanging_hook(notice: DrainNotice) -> None:
+        await trio.sleep_forever()
+
+    api.state.drain_hook = hanging_hook
+    started = trio.current_time()
+    answer = await api.app.test_client().post("/drain", headers=AUTH)
+    assert answer.status_code == 200
+    assert (await _json(answer))["result"]["already_draining"] is False
+    assert trio.current_time() - started == DRAIN_HOOK_TIMEOUT
+    assert api.state.draining is not None

@@ -52,3 +52,13 @@ async def test_the_api_keeps_every_promise_of_its_openapi_document(tmp_path: Pat
     output = done.stdout.decode(errors="replace") + done.stderr.decode(errors="replace")
     assert done.returncode == 0, output[-12000:]
     assert "Tested: 8" in output, output[-4000:]
+
+
+def test_the_document_is_valid_openapi_3_1() -> None:
+    from openapi_spec_validator import validate
+
+    from fractal_hostd.api.openapi import openapi_document
+
+    document = openapi_document()
+    assert document["openapi"] == "3.1.0"
+    validate(document)  # raises, naming the bad part, on an invalid document

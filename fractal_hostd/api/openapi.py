@@ -396,14 +396,78 @@ _DOCUMENT: dict[str, Any] = {
                     "draining": {
                         "oneOf": [{"$ref": "#/components/schemas/Draining"}, {"type": "null"}]
                     },
-                    "docker": {"type": "object"},
+                    "started_at": {"type": ["string", "null"]},
+                    "docker": {
+                        "type": "object",
+                        "properties": {
+                            "connected": {"type": "boolean"},
+                            "events_processed": {"type": "integer"},
+                            "reconnects": {"type": "integer"},
+                            "last_event_lag_seconds": {"type": ["number", "null"]},
+                            "last_reconcile_at": {"type": ["string", "null"]},
+                            "last_reconcile_duration_seconds": {"type": ["number", "null"]},
+                            "reconcile_failures": {"type": "integer"},
+                        },
+                    },
+                    "pending_file_writes": {"type": "integer"},
                     "containers": {
                         "type": "array",
-                        "items": {"$ref": "#/components/schemas/Container"},
+                        "items": {
+                            "allOf": [
+                                {"$ref": "#/components/schemas/Container"},
+                                {
+                                    "type": "object",
+                                    "properties": {
+                                        "history": {
+                                            "type": "array",
+                                            "items": {"$ref": "#/components/schemas/Transition"},
+                                        }
+                                    },
+                                    "required": ["history"],
+                                },
+                            ]
+                        },
+                    },
+                    "recently_gone": {
+                        "type": "array",
+                        "items": {
+                            "type": "object",
+                            "properties": {
+                                "id": {"type": "string"},
+                                "host_port": {"type": ["integer", "null"]},
+                                "transitions": {
+                                    "type": "array",
+                                    "items": {"$ref": "#/components/schemas/Transition"},
+                                },
+                            },
+                            "required": ["id", "host_port", "transitions"],
+                        },
+                    },
+                    "recent_errors": {
+                        "type": "array",
+                        "items": {
+                            "type": "object",
+                            "properties": {
+                                "at": {"type": "string"},
+                                "level": {"type": "string"},
+                                "logger": {"type": "string"},
+                                "message": {"type": "string"},
+                            },
+                            "required": ["at", "level", "logger", "message"],
+                        },
                     },
                     "free_ttys": {"type": "integer"},
                     "last_heartbeat": {"type": ["object", "null"]},
                 },
+            },
+            "Transition": {
+                "type": "object",
+                "properties": {
+                    "at": {"type": "string"},
+                    "event": {"type": "string"},
+                    "detail": {"type": "string"},
+                },
+                "required": ["at", "event"],
             },
         },
     },

@@ -104,9 +104,14 @@ def register_routes(app: QuartTrio, ctx: ApiContext) -> None:
         notice = DrainNotice(
             kind="operator", action=None, time=now.isoformat(), seen_at=now, reason=reason
         )
-        # Shielded and bounded: a client hanging up must not cut the drain heartbeat short.
-        with trio.move_on_after(DRAIN_HOOK_TIMEOUT, shield=True):
-            entered = await enter_draining(ctx.state, notice, ctx.state.drain_hook)
+        entered = ctx.state.draining is None
+        # Shielded and bounded: a client hanging up must not cut the drain heartbeat short,
+        # and a webserver that never answers must not hold the request (the drain itself is
+        # in force before the hook runs).
+        with trio.move_on_after(DRAIN_HOOK_TIMEOUT, shield=True) as hook:
+            await enter_draining(ctx.state, notice, ctx.state.drain_hook)
+        if hook.cancelled_caught:
+            logger.warning("drain hook cut short after %g s", DRAIN_HOOK_TIMEOUT)
         current = ctx.state.draining
         assert current is not None
         if entered:
