@@ -210,7 +210,7 @@ def test_docker_status_records_lag_reconciles_and_start_latency() -> None:
 
 
 class _FailingReconcile(ContainerLifecycle):
-    async def reconcile(self, running: Sequence[ContainerInfo]) -> None:
+    async def reconcile(self, running: Sequence[ContainerInfo], **kwargs: Any) -> None:
         raise RuntimeError("reconcile broke")
 
 

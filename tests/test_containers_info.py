@@ -138,3 +138,29 @@ def test_real_inspect_documents() -> None:
     assert ContainerInfo.from_inspect(REAL_RUNNING) == ContainerInfo(REAL_ID, 33069, True)
     # Stopped, random port: Docker no longer shows which port it was.
     assert ContainerInfo.from_inspect(REAL_KILLED) == ContainerInfo(REAL_ID, None, False)
+
+
+def test_a_paused_container_is_live() -> None:
+    # As dockerd 20.10 reports it: Running and Paused both true, Status "paused".
+    doc = inspect_json(ports={"32262/tcp": [{"HostIp": "127.0.0.1", "HostPort": "40003"}]})
+    doc["State"] = {"Status": "paused", "Running": True, "Paused": True}
+    assert ContainerInfo.from_inspect(doc) == ContainerInfo(id=CID, host_port=40003, running=True)
+    doc["State"] = {"Status": "paused", "Paused": True}  # either field is enough
+    assert ContainerInfo.from_inspect(doc).running
+
+
+def test_a_listing_entry_gives_the_liveness_and_port() -> None:
+    summary = {
+        "Id": CID.upper(),
+        "State": "paused",
+        "Ports": [
+            {"IP": "127.0.0.1", "PrivatePort": 8080, "PublicPort": 5000, "Type": "tcp"},
+            {"IP": "127.0.0.1", "PrivatePort": 32262, "PublicPort": 40004, "Type": "udp"},
+            {"IP": "127.0.0.1", "PrivatePort": 32262, "PublicPort": 40005, "Type": "tcp"},
+        ],
+    }
+    assert ContainerInfo.from_summary(summary) == ContainerInfo(CID, 40005, running=True)
+    assert not ContainerInfo.from_summary({**summary, "State": "exited"}).running
+    assert ContainerInfo.from_summary({**summary, "Ports": None}).host_port is None
+    assert ContainerInfo.from_summary({"Id": "../x", "State": "running"}).host_port is None
+    assert ContainerInfo.from_summary({}) == ContainerInfo("", None, running=False)

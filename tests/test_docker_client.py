@@ -21,6 +21,7 @@ from fractal_hostd.docker.client import (
     DockerClient,
     DockerError,
     DockerNotFound,
+    DockerTimeout,
     DockerUnreachable,
 )
 from fractal_hostd.docker.jsonstream import MAX_PENDING, JsonStreamDecoder
@@ -117,6 +118,19 @@ async def test_missing_socket_and_refused_connection_are_unreachable(
                 pass
         await fake_docker.start_listening()
         await fake_client.ping()
+
+
+async def test_a_request_without_an_answer_in_time_is_a_timeout(
+    fake_docker: FakeDockerEngine, autojump_clock: trio.testing.MockClock
+) -> None:
+    fake_docker.hold(r"^GET /_ping$")
+    async with DockerClient(fake_docker.socket_path, timeout=3.0) as client:
+        with trio.fail_after(10), pytest.raises(DockerTimeout):
+            await client.ping()
+        fake_docker.cut(r"^GET /_ping$", times=1)
+        with trio.fail_after(10), pytest.raises(DockerUnreachable) as dropped:
+            await client.ping()
+        assert not isinstance(dropped.value, DockerTimeout)
 
 
 async def test_events_filters_are_a_json_map_of_lists_and_since_replays(

@@ -7,7 +7,7 @@ Rules: unix sockets under /tmp only, an absolute `trio.fail_after` around every 
 from __future__ import annotations
 
 import functools
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Container, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -21,6 +21,8 @@ from fractal_hostd.containers.registry import ContainerRegistry
 from fractal_hostd.docker.client import DockerClient
 from fractal_hostd.docker.cursor import EventCursor, format_since
 from fractal_hostd.docker.events import (
+    INSPECT_CONCURRENCY,
+    RETRY,
     DockerUnreachableFatal,
     _action,
     run_event_stream,
@@ -46,9 +48,12 @@ class RecordingLifecycle:
         self.calls.append(("adopt", ",".join(sorted(i.id for i in running))))
         await self.inner.adopt(running)
 
-    async def reconcile(self, running: Sequence[ContainerInfo]) -> None:
+    async def reconcile(
+        self, running: Sequence[ContainerInfo], *, leave_alone: Container[str] = frozenset()
+    ) -> None:
         self.calls.append(("reconcile", ",".join(sorted(i.id for i in running))))
-        await self.inner.reconcile(running)
+        await self.inner.reconcile(running, leave_alone=leave_alone)
+        self.calls.append(("reconciled", ",".join(sorted(i.id for i in running))))
 
     async def on_running(self, info: ContainerInfo) -> None:
         self.calls.append(("running", info.id))
@@ -59,6 +64,9 @@ class RecordingLifecycle:
     async def on_gone(self, container_id: str) -> None:
         self.calls.append(("gone", container_id))
         await self.inner.on_gone(container_id)
+
+    def known_host_ports(self) -> dict[str, int]:
+        return self.inner.known_host_ports()
 
     def tty(self, container_id: str) -> str | None:
         path = self.mappings / container_id / "tty"
@@ -235,17 +243,54 @@ async def test_one_failing_event_does_not_end_the_stream(
             assert status.reconnects == 0
 
 
-async def test_an_inspect_error_reconnects_and_reconciles(
-    fake_docker: FakeDockerEngine, fake_client: DockerClient, lifecycle: RecordingLifecycle
+async def test_an_inspect_error_for_one_start_is_retried_by_a_reconcile_soon(
+    fake_docker: FakeDockerEngine,
+    fake_client: DockerClient,
+    lifecycle: RecordingLifecycle,
+    autojump_clock: trio.testing.MockClock,
 ) -> None:
     status = DockerStatus()
-    with trio.fail_after(10):
+    with trio.fail_after(60):
         async with event_stream(fake_client, lifecycle, status):
-            fake_docker.fail(r"GET /containers/[0-9a-f]+/json", 500, times=1)
-            container = fake_docker.run("fhtest-inspect-error")
-            await wait_for(lambda: lifecycle.tty(container) is not None)
-    assert status.reconnects == 1
-    assert lifecycle.calls[-1][0] in ("reconcile", "running")
+            container = fake_docker.create("fhtest-inspect-error")
+            fake_docker.fail_inspect(container, 500, times=1)
+            fake_docker.start(container)
+            started = trio.current_time()
+            await wait_for(lambda: lifecycle.tty(container) is not None, step=0.1)
+            # Not a reconnect, not the periodic reconcile 300 s on: the one brought forward.
+            assert trio.current_time() - started == pytest.approx(RETRY, abs=0.2)
+            assert status.connected
+            assert status.reconnects == 0
+    assert lifecycle.calls[-1] == ("reconciled", container)
+
+
+async def test_one_containers_failing_inspect_never_makes_docker_unreachable(
+    fake_docker: FakeDockerEngine,
+    fake_client: DockerClient,
+    lifecycle: RecordingLifecycle,
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # dockerd serves everything but one container's inspect (500, 409): that is the
+    # container's problem. Before, the adoption's listing raised, the session never got
+    # ready, and the whole service went down as "Docker unreachable" after the budget.
+    broken = fake_docker.run("fhtest-broken")
+    fake_docker.fail_inspect(broken, 500)
+    fine = fake_docker.run("fhtest-fine")
+    status = DockerStatus()
+    with trio.fail_after(1000):
+        async with event_stream(fake_client, lifecycle, status, unreachable_budget=60.0):
+            assert {lifecycle.tty(broken), lifecycle.tty(fine)} == {"10", "11"}
+            broken_tty = lifecycle.tty(broken)
+            conflicted = fake_docker.create("fhtest-conflict")
+            fake_docker.fail_inspect(conflicted, 409)
+            fake_docker.start(conflicted)
+            await trio.sleep(700)  # two periodic reconciles, ten budgets
+            assert status.connected
+            assert status.reconnects == 0
+            assert lifecycle.tty(conflicted) == "12"  # judged by its listing entry
+            assert lifecycle.tty(broken) == broken_tty
+            port = (lifecycle.mappings / conflicted / "hostPort_for_my_32262_tcp").read_text()
+            assert port == fake_docker.containers[conflicted].ports["32262/tcp"][0]["HostPort"]
 
 
 async def test_listing_errors_at_start_up_are_retried_before_started(
@@ -367,10 +412,13 @@ def test_cursor_resumes_at_the_last_time_and_drops_repeats() -> None:
     cursor = EventCursor(window=4)
     event = {"Action": "start", "id": "a", "timeNano": 1_700_000_000_000_000_123}
     assert cursor.since is None
-    assert cursor.accept(event)
-    assert not cursor.accept(dict(event))
-    assert cursor.accept({**event, "Action": "die"})  # same time, other action: new
-    assert cursor.accept({**event, "timeNano": 5})  # clock went back: still remembered
+    assert not cursor.handled_before(event)
+    assert cursor.since is None  # looked at, not handled yet: the resume point stays
+    cursor.record(event)
+    assert cursor.handled_before(dict(event))
+    assert not cursor.handled_before({**event, "Action": "die"})  # same time, other action
+    cursor.record({**event, "timeNano": 5})  # clock went back: still remembered
+    assert cursor.handled_before({**event, "timeNano": 5})
     assert cursor.since == "1700000000.000000123"
     assert format_since(5) == "0.000000005"
 
@@ -397,3 +445,235 @@ async def test_a_stream_that_drops_at_once_is_reconnected_with_growing_backoff(
     # reset on every successful subscription gave: ~800).
     assert 5 <= len(subscriptions) <= 60
     assert status.reconnects == len(subscriptions) - 1
+
+
+def files(lifecycle: RecordingLifecycle, container_id: str) -> dict[str, str]:
+    directory = lifecycle.mappings / container_id
+    if not directory.is_dir():
+        return {}
+    return {path.name: path.read_text() for path in sorted(directory.iterdir())}
+
+
+async def test_a_paused_container_keeps_its_tty_and_files_across_reconciles(
+    fake_docker: FakeDockerEngine, fake_client: DockerClient, lifecycle: RecordingLifecycle
+) -> None:
+    # Contract §2: paused is live. Docker's listing filtered on status=running leaves a
+    # paused container out; a reconcile built on it took the container for gone.
+    status = DockerStatus()
+    with trio.fail_after(10):
+        async with event_stream(fake_client, lifecycle, status):
+            paused = fake_docker.run("fhtest-paused")
+            await wait_for(lambda: lifecycle.tty(paused) is not None)
+            record = lifecycle.registry.get(paused)
+            assert record is not None
+            await lifecycle.inner.set_start_values(record.host_port, dpi=144)
+            before = files(lifecycle, paused)
+            assert before["tty"] == "10"
+            assert before[".ready"] == ".ready"
+            fake_docker.pause(paused)
+            fake_docker.drop_streams()  # the reconnect reconciles with the paused container
+            await wait_for(lambda: status.reconnects == 1)
+            other = fake_docker.run("fhtest-other")
+            await wait_for(lambda: lifecycle.tty(other) is not None)
+            assert lifecycle.tty(other) == "11"  # the paused container's TTY is not free
+            assert files(lifecycle, paused) == before
+            fake_docker.unpause(paused)
+            fake_docker.drop_streams()
+            await wait_for(lambda: status.reconnects == 2)
+            assert files(lifecycle, paused) == before
+            assert [r.tty for r in lifecycle.registry.records() if r.id == paused] == [10]
+    assert ("gone", paused) not in lifecycle.calls
+
+
+async def test_a_paused_container_is_adopted_with_its_tty_and_files_after_a_restart(
+    fake_docker: FakeDockerEngine, fake_client: DockerClient, tmp_path: Path
+) -> None:
+    first = RecordingLifecycle(tmp_path / "containerResourceMappings")
+    with trio.fail_after(10):
+        async with event_stream(fake_client, first, DockerStatus()):
+            fake_docker.run("fhtest-low")  # holds tty 10, so the paused one is not the lowest
+            paused = fake_docker.run("fhtest-paused")
+            await wait_for(lambda: first.tty(paused) is not None)
+            record = first.registry.get(paused)
+            assert record is not None
+            await first.inner.set_start_values(record.host_port, dpi=96)
+            fake_docker.pause(paused)
+        before = files(first, paused)
+        assert before["tty"] == "11"
+        assert before["DPI"] == "96"
+        restarted = RecordingLifecycle(first.mappings)
+        status = DockerStatus()
+        async with event_stream(fake_client, restarted, status):
+            assert files(restarted, paused) == before
+            fake_docker.unpause(paused)
+            newcomer = fake_docker.run("fhtest-newcomer")
+            await wait_for(lambda: restarted.tty(newcomer) is not None)
+            assert restarted.tty(newcomer) == "12"
+            assert files(restarted, paused) == before
+            assert [r.tty for r in restarted.registry.records() if r.id == paused] == [11]
+
+
+def reconciles(lifecycle: RecordingLifecycle) -> list[str]:
+    return [name for name, _ in lifecycle.calls if name in ("adopt", "reconcile")]
+
+
+# The two tests below show what only the `since` replay can do: the reconcile that follows a
+# reconnect fails once, so nothing but the replayed events can tell what happened meanwhile.
+# (Checked: with `since` forced to None in `_EventStream.session`, both fail.)
+
+
+async def test_an_event_cut_short_by_a_lost_dockerd_is_replayed(
+    fake_docker: FakeDockerEngine, fake_client: DockerClient, lifecycle: RecordingLifecycle
+) -> None:
+    status = DockerStatus()
+    with trio.fail_after(10):
+        async with event_stream(fake_client, lifecycle, status):
+            first = fake_docker.run("fhtest-first")  # gives the cursor a resume point
+            await wait_for(lambda: lifecycle.tty(first) is not None)
+            second = fake_docker.create("fhtest-second")
+            # dockerd is lost while the start is being handled (its inspect gets no answer)...
+            fake_docker.cut(rf"^GET /containers/{second}/json$", times=1)
+            # ...and the reconnect's listing fails: only the replayed start can bring it back.
+            fake_docker.fail(r"^GET /containers/json$", 500, times=1)
+            fake_docker.start(second)
+            await wait_for(lambda: lifecycle.tty(second) is not None)
+            assert status.reconnects == 1
+            assert status.connected
+    # Handled by the replay: the start was not recorded as handled before it was.
+    assert reconciles(lifecycle) == ["adopt"]
+    assert lifecycle.calls.count(("running", second)) == 1
+
+
+async def test_a_die_while_disconnected_is_replayed_when_the_listing_fails(
+    fake_docker: FakeDockerEngine, fake_client: DockerClient, lifecycle: RecordingLifecycle
+) -> None:
+    status = DockerStatus()
+    with trio.fail_after(10):
+        async with event_stream(fake_client, lifecycle, status):
+            gone = fake_docker.run("fhtest-gone")
+            await wait_for(lambda: lifecycle.tty(gone) is not None)
+            await fake_docker.stop_listening()
+            await wait_for(lambda: not status.connected)
+            fake_docker.remove(gone)  # kill, die, destroy while we are away
+            fake_docker.fail(r"^GET /containers/json$", 500, times=1)
+            await fake_docker.start_listening()
+            await wait_for(lambda: not (lifecycle.mappings / gone).exists())
+            assert status.reconnects == 1
+    assert reconciles(lifecycle) == ["adopt"]
+    assert lifecycle.registry.free_ttys == 54
+
+
+def inspects(engine: FakeDockerEngine, container_id: str = "") -> int:
+    if container_id:
+        return engine.requests.count(f"GET /containers/{container_id}/json")
+    return sum(1 for r in engine.requests if r.startswith("GET /containers/") and len(r) > 70)
+
+
+async def test_the_periodic_reconcile_does_not_hold_new_events(
+    fake_docker: FakeDockerEngine,
+    fake_client: DockerClient,
+    lifecycle: RecordingLifecycle,
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    with trio.fail_after(400):
+        async with event_stream(fake_client, lifecycle, DockerStatus()):
+            first = fake_docker.run("fhtest-first")
+            await wait_for(lambda: lifecycle.tty(first) is not None)
+            gate = fake_docker.hold(r"^GET /containers/json$")  # the listing comes back late
+            await wait_for(lambda: fake_docker.requests.count("GET /containers/json") == 2, 1.0)
+            # The periodic reconcile waits for its listing; a start meanwhile is handled now.
+            late = fake_docker.run("fhtest-late")
+            with trio.fail_after(1):
+                await wait_for(lambda: lifecycle.tty(late) is not None)
+            gate.set()
+            await wait_for(lambda: lifecycle.calls[-1][0] == "reconciled")
+            # The listing predates `late`'s start: its view must not take `late`'s TTY away.
+            assert lifecycle.calls[-1] == ("reconciled", first)
+            assert lifecycle.tty(late) == "11"
+            assert lifecycle.registry.get(late) is not None
+
+
+async def test_an_event_newer_than_the_reconciles_inspect_wins(
+    fake_docker: FakeDockerEngine,
+    fake_client: DockerClient,
+    lifecycle: RecordingLifecycle,
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    with trio.fail_after(400):
+        async with event_stream(fake_client, lifecycle, DockerStatus()):
+            fake_docker.silent = True
+            victim = fake_docker.run("fhtest-victim")  # its start is missed: unknown to us
+            fake_docker.silent = False
+            # The periodic reconcile confirms it with an inspect that says "running", but
+            # whose answer reaches us only after the die has been handled.
+            gate = fake_docker.hold(rf"^GET /containers/{victim}/json$")
+            await wait_for(lambda: inspects(fake_docker, victim) == 1, step=1.0)
+            fake_docker.kill(victim)
+            with trio.fail_after(1):
+                await wait_for(lambda: ("gone", victim) in lifecycle.calls)
+            gate.set()
+            await wait_for(lambda: lifecycle.calls[-1][0] == "reconciled")
+            assert lifecycle.calls[-1] == ("reconciled", victim)  # its stale view...
+    assert not (lifecycle.mappings / victim).exists()  # ...is not applied
+    assert lifecycle.registry.records() == []
+    assert lifecycle.registry.free_ttys == 54
+
+
+async def test_a_steady_reconcile_is_one_listing(
+    fake_docker: FakeDockerEngine,
+    fake_client: DockerClient,
+    lifecycle: RecordingLifecycle,
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    containers = [fake_docker.run() for _ in range(10)]
+    with trio.fail_after(400):
+        async with event_stream(fake_client, lifecycle, DockerStatus()):
+            before = len(fake_docker.requests)
+            await wait_for(lambda: lifecycle.calls[-1][0] == "reconciled", step=1.0)
+    # Every container is known with the port the listing shows: nothing to confirm.
+    assert fake_docker.requests[before:] == ["GET /containers/json"]
+    assert len(lifecycle.registry.records()) == len(containers)
+
+
+async def test_the_reconcile_inspects_concurrently_within_a_bound(
+    fake_docker: FakeDockerEngine,
+    fake_client: DockerClient,
+    lifecycle: RecordingLifecycle,
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    with trio.fail_after(400):
+        async with event_stream(fake_client, lifecycle, DockerStatus()):
+            fake_docker.silent = True  # unknown to us until the periodic reconcile
+            containers = [fake_docker.run() for _ in range(3 * INSPECT_CONCURRENCY)]
+            fake_docker.silent = False
+            gate = fake_docker.hold(r"^GET /containers/[0-9a-f]{64}/json$", times=None)
+            await wait_for(lambda: inspects(fake_docker) > 0, step=1.0)
+            await trio.sleep(1)
+            assert inspects(fake_docker) == INSPECT_CONCURRENCY
+            gate.set()
+            await wait_for(lambda: lifecycle.calls[-1][0] == "reconciled")
+            assert inspects(fake_docker) == len(containers)
+    assert len(lifecycle.registry.records()) == len(containers)
+
+
+async def test_one_containers_hanging_inspect_is_not_docker_unreachable(
+    fake_docker: FakeDockerEngine,
+    fake_client: DockerClient,
+    lifecycle: RecordingLifecycle,
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # dockerd's inspect waits for the container's lock (a stuck kill can hold it): the
+    # request times out while every other call is answered. A timeout of the whole engine
+    # counts toward the budget; this one is the container's problem.
+    stuck = fake_docker.create("fhtest-stuck")
+    fake_docker.hold(rf"^GET /containers/{stuck}/json$", times=None)  # never answered
+    status = DockerStatus()
+    with trio.fail_after(1000):
+        async with event_stream(fake_client, lifecycle, status, unreachable_budget=30.0):
+            fake_docker.start(stuck)
+            other = fake_docker.run("fhtest-other")
+            await trio.sleep(200)
+            assert status.connected
+            assert status.reconnects == 0
+            assert lifecycle.tty(other) == "10"  # handled once the stuck start gave up
+            assert lifecycle.tty(stuck) == "11"  # judged by the listing at the reconcile

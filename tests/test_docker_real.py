@@ -175,3 +175,46 @@ async def test_a_restarted_stream_task_keeps_the_ttys(
             assert record is not None
             assert str(record.tty) == before
             assert read(mappings, third, "tty") is not None
+
+
+async def test_a_paused_container_keeps_its_tty_and_files_across_a_reconcile_and_a_restart(
+    real_client: DockerClient, containers: Containers, proxy: UnixProxy, tmp_path: Path
+) -> None:
+    # Contract §2: `docker pause` leaves the container live. It must keep its TTY and files
+    # through the reconcile of a reconnect and through the adoption of a restart, and get no
+    # second TTY after `docker unpause`.
+    mappings = tmp_path / "containerResourceMappings"
+    status = DockerStatus()
+    with trio.fail_after(90):
+        paused = await containers.run()
+        async with (
+            DockerClient(proxy.listen_path) as proxied,
+            stream_task(proxied, mappings, status) as registry,
+        ):
+            record = registry.get(paused)
+            assert record is not None
+            assert record.tty is not None
+            lifecycle_tty = record.tty
+            await real_client.pause_container(paused)
+            await proxy.stop_listening()  # cut the stream: the reconnect reconciles
+            await wait_for(lambda: not status.connected)
+            await proxy.start_listening()
+            await wait_for(lambda: status.reconnects == 1)
+            assert registry.get(paused) is record
+            assert read(mappings, paused, "tty") == str(lifecycle_tty)
+            newcomer = await containers.run()
+            await wait_for(lambda: read(mappings, newcomer, "tty") is not None)
+            assert read(mappings, newcomer, "tty") != str(lifecycle_tty)
+        before = {p.name: p.read_text() for p in (mappings / paused).iterdir()}
+        async with stream_task(real_client, mappings, DockerStatus()) as registry:
+            adopted = registry.get(paused)
+            assert adopted is not None
+            assert adopted.tty == lifecycle_tty
+            assert {p.name: p.read_text() for p in (mappings / paused).iterdir()} == before
+            await real_client.unpause_container(paused)
+            late = await containers.run()
+            await wait_for(lambda: read(mappings, late, "tty") is not None)
+            assert read(mappings, late, "tty") != str(lifecycle_tty)
+            assert registry.get(paused) is adopted
+            assert adopted.tty == lifecycle_tty
+            assert read(mappings, paused, "tty") == str(lifecycle_tty)

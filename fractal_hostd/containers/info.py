@@ -1,9 +1,10 @@
 """What the Docker layer learned about one container, parsed from Docker's inspect JSON.
 
 Contract §2: a container is managed when it publishes container port ``32262/tcp`` to a host
-port; that host port is its identity towards the webserver. Parsing never raises: Docker's
-JSON has many optional and ``null`` fields, and a container we cannot understand is simply
-not managed.
+port; that host port is its identity towards the webserver. A paused container is live: Docker
+reports it ``Running`` and ``Paused`` (status ``paused``), and it keeps its resources. Parsing
+never raises: Docker's JSON has many optional and ``null`` fields, and a container we cannot
+understand is simply not managed.
 """
 
 from __future__ import annotations
@@ -13,6 +14,9 @@ from dataclasses import dataclass
 from typing import Any
 
 MANAGED_PORT = "32262/tcp"
+_MANAGED_PRIVATE_PORT = 32262
+# Docker's State.Status values of a live container: a paused one is frozen, not gone.
+_LIVE_STATUSES = frozenset({"running", "paused"})
 
 _CONTAINER_ID = re.compile(r"[0-9a-f]{64}")
 
@@ -26,7 +30,7 @@ def is_container_id(value: object) -> bool:
 class ContainerInfo:
     id: str  # full 64-hex id ("" when inspect gave none)
     host_port: int | None  # host port bound to 32262/tcp; None = not managed
-    running: bool
+    running: bool  # live: running or paused (contract §2)
 
     @property
     def managed(self) -> bool:
@@ -37,10 +41,42 @@ class ContainerInfo:
         raw_id = inspect.get("Id")
         container_id = raw_id.lower() if isinstance(raw_id, str) else ""
         state = inspect.get("State")
-        running = isinstance(state, dict) and state.get("Running") is True
+        running = isinstance(state, dict) and _is_live(state)
         # A container whose id we could not use in a path cannot be managed.
         host_port = _published_host_port(inspect) if is_container_id(container_id) else None
         return cls(id=container_id, host_port=host_port, running=running)
+
+    @classmethod
+    def from_summary(cls, summary: dict[str, Any]) -> ContainerInfo:
+        """From one entry of ``GET /containers/json``: dockerd's own word on a container
+        whose inspect failed. Its ``State`` is the status string, ``Ports`` a flat list."""
+        raw_id = summary.get("Id")
+        container_id = raw_id.lower() if isinstance(raw_id, str) else ""
+        running = summary.get("State") in _LIVE_STATUSES
+        host_port = _summary_host_port(summary) if is_container_id(container_id) else None
+        return cls(id=container_id, host_port=host_port, running=running)
+
+
+def _is_live(state: dict[str, Any]) -> bool:
+    # Docker sets Running for a paused container too; Paused is read as well so that a
+    # paused container is never taken for a dead one. Only a real `true` counts.
+    return state.get("Running") is True or state.get("Paused") is True
+
+
+def _summary_host_port(summary: dict[str, Any]) -> int | None:
+    ports = summary.get("Ports")
+    if not isinstance(ports, list):
+        return None
+    for entry in ports:
+        if (
+            isinstance(entry, dict)
+            and entry.get("PrivatePort") == _MANAGED_PRIVATE_PORT
+            and entry.get("Type") == "tcp"
+        ):
+            port = parse_port(entry.get("PublicPort"))
+            if port is not None:
+                return port
+    return None
 
 
 def _published_host_port(inspect: dict[str, Any]) -> int | None:

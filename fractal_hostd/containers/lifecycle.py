@@ -13,7 +13,7 @@ incarnation's directory is gone before it writes the new one.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Container, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -135,16 +135,28 @@ class ContainerLifecycle:
                 # Synchronous, so it completes even when we are being cancelled.
                 self._release(record)
 
-    async def reconcile(self, running: Sequence[ContainerInfo]) -> None:
+    async def reconcile(
+        self, running: Sequence[ContainerInfo], *, leave_alone: Container[str] = frozenset()
+    ) -> None:
         """`running` is the full truth: every record not in it is gone, every running
-        managed container in it is registered, every other directory is removed."""
+        managed container in it is registered, every other directory is removed.
+
+        Except for the ids in `leave_alone`: events newer than `running` arrived for them
+        (the event stream reconciles alongside its events) and decide alone. It is read at
+        each step, so the caller may add to it while this runs."""
         live = _live_managed(running)
         for record in self._registry.records():
-            if record.id not in live:
+            if record.id not in live and record.id not in leave_alone:
                 await self.on_gone(record.id)
         for info in live.values():
-            await self.on_running(info)
+            if info.id not in leave_alone:
+                await self.on_running(info)
         self._remove_orphan_dirs()
+
+    def known_host_ports(self) -> dict[str, int]:
+        """Id → host port of every registered container: a reconcile confirms with an
+        inspect only the containers Docker's listing shows otherwise."""
+        return {record.id: record.host_port for record in self._registry.records()}
 
     async def set_start_values(
         self, host_port: int, *, dpi: int, container_arn: str | None = None

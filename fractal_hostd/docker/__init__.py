@@ -5,6 +5,7 @@ from fractal_hostd.docker.client import (
     DockerError,
     DockerEventStream,
     DockerNotFound,
+    DockerTimeout,
     DockerUnreachable,
 )
 
@@ -13,5 +14,6 @@ __all__ = [
     "DockerError",
     "DockerEventStream",
     "DockerNotFound",
+    "DockerTimeout",
     "DockerUnreachable",
 ]

@@ -7,6 +7,8 @@ never see httpx types:
   exception carries the status and Docker's own `message`.
 * `DockerUnreachable`: no usable answer (socket missing, connection refused, connection
   dropped mid-response, timeout). The event stream treats this as "reconnect".
+  `DockerTimeout`, its subclass, is the timeout case: the caller may ask whether dockerd
+  still answers other calls (one container's inspect can hang on that container's lock).
 
 Short per-request timeouts (10 s by default; 60 s for create/start/kill, which dockerd can be
 slow to answer on a cold host) keep a wedged dockerd from hanging a caller. The `/events`
@@ -47,6 +49,10 @@ class DockerNotFound(DockerError):
 
 class DockerUnreachable(Exception):
     """No usable answer from dockerd: socket missing, refused, dropped or timed out."""
+
+
+class DockerTimeout(DockerUnreachable):
+    """dockerd did not answer one request in time."""
 
 
 def _error_from_response(response: httpx.Response) -> DockerError:
@@ -135,6 +141,8 @@ class DockerClient(OwnsHttpClient):
                 json=body,
                 timeout=request_timeout if request_timeout is not None else self._timeout,
             )
+        except httpx.TimeoutException as exc:
+            raise DockerTimeout(f"{method} {path}: {exc!r}") from exc
         except httpx.TransportError as exc:
             raise DockerUnreachable(f"{method} {path}: {exc!r}") from exc
         if response.status_code not in ok:
@@ -201,6 +209,12 @@ class DockerClient(OwnsHttpClient):
             request_timeout=SLOW_CALL_TIMEOUT,
             ok=(204,),
         )
+
+    async def pause_container(self, container_id: str) -> None:
+        await self._request("POST", f"/containers/{_quote(container_id)}/pause", ok=(204,))
+
+    async def unpause_container(self, container_id: str) -> None:
+        await self._request("POST", f"/containers/{_quote(container_id)}/unpause", ok=(204,))
 
     async def remove_container(self, container_id: str, *, force: bool = False) -> None:
         await self._request(

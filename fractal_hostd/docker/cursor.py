@@ -42,18 +42,29 @@ class EventCursor:
         self.last_time_nano: int | None = None
 
     def accept(self, event: dict[str, Any]) -> bool:
-        """Record the event; False when it is a duplicate (already handled)."""
+        """Record the event at once; False when it is a duplicate. For a consumer whose
+        handling cannot fail half-way (a log line); the others use the two steps below."""
+        if self.handled_before(event):
+            return False
+        self.record(event)
+        return True
+
+    def handled_before(self, event: dict[str, Any]) -> bool:
+        """True when the event is a duplicate of one already handled (a `since` replay)."""
+        key = event_key(event)
+        return key is not None and key in self._seen
+
+    def record(self, event: dict[str, Any]) -> None:
+        """Mark the event handled. Called only once its handling is over: an event whose
+        handling was cut short (dockerd lost half-way) is then replayed by `since`."""
         key = event_key(event)
         if key is None:
-            return True  # cannot be deduplicated; handlers are idempotent anyway
-        if key in self._seen:
-            return False
+            return  # cannot be deduplicated; handlers are idempotent anyway
         self._seen[key] = None
         if len(self._seen) > self._window:
             self._seen.popitem(last=False)
         if self.last_time_nano is None or key[0] > self.last_time_nano:
             self.last_time_nano = key[0]
-        return True
 
     @property
     def since(self) -> str | None:

@@ -14,10 +14,15 @@ Use inside a trio test:
         engine.silent = True                          # subscribers miss events (still logged)
         engine.hang = True                            # requests are never answered (wedged)
         engine.fail(r"GET /containers/json", 500)     # error answers on chosen paths
+        engine.fail_inspect(cid, 500)                 # one container's inspect errs
+        engine.cut(r"GET /containers/json", times=1)  # connection closed, no answer
+        gate = engine.hold(rf"GET /containers/{cid}/json")   # sent when gate.set()
+        engine.pause(cid); engine.unpause(cid)        # State.Paused, pause/unpause events
         await engine.burst(1000)                      # N die events of unknown ids
 
 Served: /_ping, /version, /containers/json, /containers/create, /containers/{id}/json,
-/containers/{id}/start, /containers/{id}/kill, DELETE /containers/{id}, /images/{name}/json,
+/containers/{id}/start, /containers/{id}/kill, /containers/{id}/pause, /containers/{id}/unpause,
+DELETE /containers/{id}, /images/{name}/json,
 /events (filters type/event/container, since/until replay from a bounded 256-event log like
 dockerd's). Paths work with or without the /v1.NN prefix. Like dockerd, a subscriber whose
 queue (1024 events) is full loses events (`engine.dropped_events`): dockerd waits 100 ms
@@ -60,6 +65,10 @@ _VERSION_PREFIX = re.compile(r"^/v1\.\d+(?=/)")
 _SUBSCRIBER_QUEUE = 1024
 
 
+class _CutConnection(Exception):
+    """Raised inside a request's handling to close its connection without an answer."""
+
+
 @dataclass
 class _Subscriber:
     filters: dict[str, list[str]]
@@ -69,10 +78,14 @@ class _Subscriber:
 
 @dataclass
 class _Failure:
+    """A fault for requests matching `pattern`: an error answer (`status`), a connection
+    closed without an answer (`status` None, `gate` None), or an answer held until `gate`."""
+
     pattern: re.Pattern[str]
-    status: int
+    status: int | None
     message: str
     remaining: int | None
+    gate: trio.Event | None = None
 
 
 class FakeDockerEngine:
@@ -118,6 +131,23 @@ class FakeDockerEngine:
         """Answer requests whose "METHOD /path" matches `pattern` with an error."""
         self._failures.append(_Failure(re.compile(pattern), status, message, times))
 
+    def fail_inspect(
+        self, container_id: str, status: int = 500, *, times: int | None = None
+    ) -> None:
+        """Only this container's inspect answers `status`; every other call works."""
+        self.fail(rf"^GET /containers/{re.escape(container_id)}/json$", status, times=times)
+
+    def cut(self, pattern: str, *, times: int | None = None) -> None:
+        """Close the connection of matching requests without answering (a transport failure)."""
+        self._failures.append(_Failure(re.compile(pattern), None, "", times))
+
+    def hold(self, pattern: str, *, times: int | None = 1) -> trio.Event:
+        """Answer matching requests as of their arrival, but only once the returned event is
+        set (a stale view reaching the client late)."""
+        gate = trio.Event()
+        self._failures.append(_Failure(re.compile(pattern), None, "", times, gate))
+        return gate
+
     def clear_failures(self) -> None:
         self._failures.clear()
 
@@ -154,6 +184,20 @@ class FakeDockerEngine:
             raise HttpError(409, f"Container {container.id} is not running")
         self._emit("kill", container, {"signal": "9" if signal == "KILL" else signal})
         self._die(container, 137)
+
+    def pause(self, container_id: str) -> None:
+        container = self._find(container_id)
+        if container.status != "running":
+            raise HttpError(409, f"Container {container.id} is not running")
+        container.status = "paused"
+        self._emit("pause", container)
+
+    def unpause(self, container_id: str) -> None:
+        container = self._find(container_id)
+        if not container.paused:
+            raise HttpError(409, f"Container {container.id} is not paused")
+        container.status = "running"
+        self._emit("unpause", container)
 
     def remove(self, container_id: str, *, force: bool = True) -> None:
         container = self._find(container_id)
@@ -255,7 +299,12 @@ class FakeDockerEngine:
             self._connections.add(scope)
             try:
                 await self._http(stream, h11.Connection(h11.SERVER))
-            except (trio.BrokenResourceError, trio.ClosedResourceError, h11.ProtocolError):
+            except (
+                trio.BrokenResourceError,
+                trio.ClosedResourceError,
+                h11.ProtocolError,
+                _CutConnection,
+            ):
                 pass
             finally:
                 self._connections.discard(scope)
@@ -297,8 +346,12 @@ class FakeDockerEngine:
         self.requests.append(f"{method} {path}")
         if self.hang:
             await trio.sleep_forever()
+        failure = self._matching_failure(f"{method} {path}")
         try:
-            self._check_failures(f"{method} {path}")
+            if failure is not None and failure.gate is None:
+                if failure.status is None:
+                    raise _CutConnection
+                raise HttpError(failure.status, failure.message)
             if method == "GET" and path == "/events":
                 await self._events(stream, conn, query)
                 return
@@ -307,14 +360,19 @@ class FakeDockerEngine:
             status, payload = self._route(method, path, query, body)
         except HttpError as exc:
             status, payload = exc.status, {"message": exc.message}
+        if failure is not None and failure.gate is not None:
+            # The answer is made now and sent later: what the client gets is a view of the
+            # past, as from a dockerd slow to send it (the client's view of it is stale).
+            await failure.gate.wait()
         await _send(stream, conn, status, payload)
 
-    def _check_failures(self, request_line: str) -> None:
+    def _matching_failure(self, request_line: str) -> _Failure | None:
         for failure in self._failures:
             if failure.pattern.search(request_line) and failure.remaining != 0:
                 if failure.remaining is not None:
                     failure.remaining -= 1
-                raise HttpError(failure.status, failure.message)
+                return failure
+        return None
 
     def _route(self, method: str, path: str, query: dict[str, str], body: bytes) -> tuple[int, Any]:
         parts = path.strip("/").split("/")
@@ -346,6 +404,12 @@ class FakeDockerEngine:
                 return 204, None
             if (method, parts[2]) == ("POST", "kill"):
                 self.kill(container.id, query.get("signal", "KILL"))
+                return 204, None
+            if (method, parts[2]) == ("POST", "pause"):
+                self.pause(container.id)
+                return 204, None
+            if (method, parts[2]) == ("POST", "unpause"):
+                self.unpause(container.id)
                 return 204, None
         if method == "DELETE" and len(parts) == 2 and parts[0] == "containers":
             self.remove(parts[1], force=query.get("force") in ("1", "true"))

@@ -20,14 +20,19 @@ class FakeContainer:
     exposed: dict[str, Any]
     port_bindings: dict[str, list[dict[str, str]]]
     created: float = field(default_factory=time.time)
-    status: str = "created"  # created | running | exited
+    status: str = "created"  # created | running | paused | exited
     exit_code: int = 0
     pid: int = 0
     ports: dict[str, list[dict[str, str]]] = field(default_factory=dict)
 
     @property
     def running(self) -> bool:
-        return self.status == "running"
+        """Docker's State.Running: true for a paused container too (its process exists)."""
+        return self.status in ("running", "paused")
+
+    @property
+    def paused(self) -> bool:
+        return self.status == "paused"
 
     def inspect(self) -> dict[str, Any]:
         return {
@@ -38,7 +43,7 @@ class FakeContainer:
             "State": {
                 "Status": self.status,
                 "Running": self.running,
-                "Paused": False,
+                "Paused": self.paused,
                 "Restarting": False,
                 "OOMKilled": False,
                 "Dead": False,
@@ -78,8 +83,14 @@ class FakeContainer:
             "Ports": ports,
             "Labels": {},
             "State": self.status,
-            "Status": "Up" if self.running else f"Exited ({self.exit_code})",
+            "Status": _summary_status(self),
         }
+
+
+def _summary_status(container: FakeContainer) -> str:
+    if container.paused:
+        return "Up (Paused)"
+    return "Up" if container.running else f"Exited ({container.exit_code})"
 
 
 def iso(timestamp: float) -> str:
