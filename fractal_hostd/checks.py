@@ -133,7 +133,7 @@ def check_api_port(config: Config) -> CheckResult:
     """Whether something already listens where the API will (port 0: any free port)."""
     if config.api_port == 0:
         return CheckResult("api port", "ok", "port 0: any free port is taken at start-up")
-    inodes = listening_inodes(config.api_port)
+    inodes = listening_inodes(config.api_port, config.api_host)
     if not inodes:
         return CheckResult("api port", "ok", f"{config.api_port} is free")
     return CheckResult(

@@ -33,7 +33,7 @@ def test_an_ipv6_listener_is_found_and_other_states_are_not(tmp_path: Path) -> N
         + "   0: 00000000000000000000000000000000:1246 00000000000000000000000000000000:0000 0A "
         "00000000:00000000 00:00000000 00000000     0        0 222 1\n"
     )
-    assert listening_inodes(4678, tmp_path) == {"222"}
+    assert listening_inodes(4678, proc=tmp_path) == {"222"}
     fd_dir = tmp_path / "4242" / "fd"
     fd_dir.mkdir(parents=True)
     (fd_dir / "3").symlink_to("socket:[222]")
@@ -45,3 +45,23 @@ def test_an_ipv6_listener_is_found_and_other_states_are_not(tmp_path: Path) -> N
 
 def test_an_unreadable_proc_is_said_not_raised(tmp_path: Path) -> None:
     assert describe_port_holder(4678, tmp_path / "missing").startswith("no listening process")
+
+
+def test_only_listeners_a_bind_would_collide_with_count(tmp_path: Path) -> None:
+    (tmp_path / "net").mkdir()
+    row = " 0: {addr}:1246 00000000:0000 0A 00000000:00000000 00:00000000 00000000 0 0 {inode} 1\n"
+    (tmp_path / "net" / "tcp").write_text(
+        "header\n"
+        + row.format(addr="0100007F", inode="1")  # 127.0.0.1
+        + row.format(addr="0200007F", inode="2")  # 127.0.0.2
+    )
+    (tmp_path / "net" / "tcp6").write_text(
+        "header\n"
+        + row.format(addr="0000000000000000FFFF00000100000A", inode="3")  # ::ffff:10.0.0.1
+    )
+    assert listening_inodes(4678, "127.0.0.1", proc=tmp_path) == {"1"}
+    assert listening_inodes(4678, "10.0.0.1", proc=tmp_path) == {"3"}
+    assert listening_inodes(4678, "0.0.0.0", proc=tmp_path) == {"1", "2", "3"}
+    assert listening_inodes(4678, "10.9.9.9", proc=tmp_path) == set()
+    (tmp_path / "net" / "tcp").write_text("header\n" + row.format(addr="00000000", inode="4"))
+    assert listening_inodes(4678, "10.9.9.9", proc=tmp_path) == {"4"}  # 0.0.0.0 listens
