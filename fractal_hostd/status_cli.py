@@ -34,8 +34,24 @@ def status_main(*, url: str, secret: str, insecure: bool = True) -> int:
     except CommandFailed as exc:
         _fail("status", str(exc))
         return 1
-    print(format_status(document))
+    print(format_status(document, ready=_readiness(url, insecure=insecure)))
     return 0
+
+
+def _readiness(url: str, *, insecure: bool) -> str:
+    """GET /ready as one line: "yes", or "NO: <failing checks>"."""
+    try:
+        with httpx.Client(verify=not insecure, timeout=TIMEOUT_SECONDS) as client:
+            answer = client.get(f"{url.rstrip('/')}/ready")
+        body = answer.json()
+    except (httpx.HTTPError, ValueError):
+        return "unknown (GET /ready failed)"
+    if answer.status_code == 200:
+        return "yes"
+    failing = body.get("failing") if isinstance(body, dict) else None
+    return (
+        f"NO: {', '.join(failing)}" if isinstance(failing, list) else f"NO ({answer.status_code})"
+    )
 
 
 def drain_main(*, url: str, secret: str, reason: str | None, insecure: bool = True) -> int:
@@ -105,8 +121,9 @@ def _not_running(base: str) -> str:
     return f"fractal-hostd is not running (nothing answers at {base}); {HOW_TO_START}"
 
 
-def format_status(status: dict[str, Any]) -> str:
-    """A human-readable report of a GET /status document (tolerates missing fields)."""
+def format_status(status: dict[str, Any], *, ready: str | None = None) -> str:
+    """A human-readable report of a GET /status document (tolerates missing fields), with
+    the answer of GET /ready when given."""
     lines = [
         f"fractal-hostd {status.get('version', '?')} ({status.get('environment', '?')})"
         + (f" at {status['api_url']}" if status.get("api_url") else ""),
@@ -120,6 +137,8 @@ def format_status(status: dict[str, Any]) -> str:
                 f"{metadata.get('region')})",
             )
         )
+    if ready is not None:
+        lines.append(_row("ready", ready))
     docker = status.get("docker") or {}
     lines.append(
         _row(

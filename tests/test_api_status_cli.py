@@ -36,6 +36,7 @@ async def test_prints_the_status_table(tmp_path: Path, capsys: pytest.CaptureFix
     assert code == 0
     assert "fractal-hostd 9.9.9 (localdev)" in out
     assert "draining:       no" in out
+    assert "ready:          NO: startup, docker, reconcile" in out
     assert "containers:     2" in out
     table = [line.split() for line in out.splitlines() if line.startswith(record.id[:12])]
     assert table == [[record.id[:12], "40000", "10", "96", "yes", "dropbox"]]
