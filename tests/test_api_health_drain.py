@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import pytest
 import trio
 import trio.testing
 
@@ -265,3 +266,13 @@ async def test_a_drain_hook_that_hangs_is_cut_short_and_the_drain_stands(
     assert (await _json(answer))["result"]["already_draining"] is False
     assert trio.current_time() - started == DRAIN_HOOK_TIMEOUT
     assert api.state.draining is not None
+
+
+async def test_ready_probes_log_at_debug_whatever_they_answer(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    api = make_api(tmp_path)
+    caplog.set_level("DEBUG")
+    assert (await api.app.test_client().get("/ready")).status_code == 503
+    lines = [r for r in caplog.records if getattr(r, "path", None) == "/ready"]
+    assert [r.levelname for r in lines] == ["DEBUG"]

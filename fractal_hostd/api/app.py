@@ -155,7 +155,9 @@ def _install_hooks(app: HostApi, metrics: Metrics) -> None:
         metrics.request_latency.labels(endpoint=endpoint).observe(latency)
         path = request.path[:_MAX_LOGGED_PATH]
         # One line per request; probes and scrapes that succeed are noise at info level.
-        quiet = status == 200 and endpoint in _QUIET_ENDPOINTS
+        # /ready is a probe whatever it answers: what made the host unready (Docker lost, a
+        # drain) is logged where it happens, not once per probe.
+        quiet = endpoint == "/ready" or (status == 200 and endpoint in _QUIET_ENDPOINTS)
         logger.log(
             logging.DEBUG if quiet else logging.INFO,
             "%s %s %d %.1f ms",
