@@ -26,7 +26,7 @@ from pathlib import Path
 import trio
 
 from fractal_hostd.cloud_storage_check import check_prerequisites
-from fractal_hostd.cloud_storage_layout import Key, Layout
+from fractal_hostd.cloud_storage_layout import Key, Layout, UnsafePath
 from fractal_hostd.fuse_unmount import DEFAULT_UNMOUNT_COMMANDS, lazy_unmount
 from fractal_hostd.mountinfo import (
     PROC_MOUNTINFO,
@@ -35,6 +35,7 @@ from fractal_hostd.mountinfo import (
     mounts_under,
     read_mounts,
 )
+from fractal_hostd.rclone_cache import RcloneCaches
 from fractal_hostd.rclone_config import (
     PROVIDERS,
     Backend,
@@ -81,6 +82,7 @@ class _Mount:
     container_id: str
     mount_point: Path
     config_path: Path
+    cache_dir: Path
 
 
 class CloudStorage:
@@ -89,6 +91,7 @@ class CloudStorage:
         *,
         root: Path,
         config_dir: Path,
+        cache_dir: Path,
         rclone: str = "rclone",
         options: MountOptions = MountOptions(),  # noqa: B008 (frozen dataclass)
         mount_timeout: float = 20.0,
@@ -99,6 +102,7 @@ class CloudStorage:
         backend_override: BackendOverride | None = None,
     ) -> None:
         self._layout = Layout(base=root / "cloudStorage", config_dir=config_dir)
+        self._caches = RcloneCaches(cache_dir)
         self._rclone = rclone
         self._options = options
         self._mount_timeout = mount_timeout
@@ -125,8 +129,15 @@ class CloudStorage:
         token: OAuthToken,
         client_id: str | None,
         client_secret: str | None,
+        is_current: Callable[[], bool] | None = None,
     ) -> Path:
-        """The mount point once the mount is live; MountFailed (message safe to show) otherwise."""
+        """The mount point once the mount is live; MountFailed (message safe to show) otherwise.
+
+        `is_current` says whether `container_id` still holds `host_port`. It is asked once the
+        request has its turn (requests for one mount point run one after the other): a request
+        of a container that died while it waited must not replace the mount that the port's
+        next container made meanwhile.
+        """
         if provider not in PROVIDERS:
             raise MountFailed(f"provider must be one of: {', '.join(PROVIDERS)}")
         if not 1 <= host_port <= 65535:
@@ -144,6 +155,8 @@ class CloudStorage:
         key = (host_port, provider)
         secrets = secret_values(token, client_secret)
         async with self._locks[key]:
+            if is_current is not None and not is_current():
+                raise MountFailed(f"no container with host port {host_port}")
             try:
                 return await self._mount_locked(key, container_id, backend, config_text, secrets)
             except OSError as exc:  # mountinfo unreadable, config not writable, ...
@@ -170,24 +183,33 @@ class CloudStorage:
             logger.warning("cloud storage mount is dead; mounting again", extra=context)
         if current is not None or live:
             await self._release(key)
+        # The port is this container's now: what earlier containers left in their caches
+        # is theirs and will never be uploaded (a same container's is, by the new rclone).
+        cache_dir = self._caches.dir_for(key, container_id)
+        for stale in await trio.to_thread.run_sync(self._caches.dirs_of, key):
+            if stale != cache_dir:
+                await trio.to_thread.run_sync(self._caches.remove, stale)
         argv = mount_argv(
             self._rclone,
             remote=remote_name(host_port, provider),
             backend=backend,
             mount_point=mount_point,
             config_path=self._layout.config_path(key),
-            cache_dir=self._layout.cache_dir(key),
+            cache_dir=cache_dir,
             options=self._options,
         )
         await self._mount_new(key, argv, config_text, secrets, context)
-        self._mounts[key] = _Mount(container_id, mount_point, self._layout.config_path(key))
+        self._mounts[key] = _Mount(
+            container_id, mount_point, self._layout.config_path(key), cache_dir
+        )
         logger.info("cloud storage mounted", extra={**context, "mount_point": str(mount_point)})
         return mount_point
 
     async def unmount_container(
         self, host_port: int, *, drain: bool = True, container_id: str | None = None
     ) -> None:
-        """Unmount (lazily) everything of this host port, remove its files. Never raises.
+        """The container is gone: unmount (lazily) everything of this host port, remove its
+        files and its caches. Never raises.
 
         With `drain`, first waits (at most `drain_timeout` for the whole port) until rclone
         has uploaded what the container wrote: a container often dies right after its user
@@ -198,6 +220,62 @@ class CloudStorage:
         Docker may already have given the port to a new container that mounted the other.
         """
         deadline = trio.current_time() + (self._drain_timeout if drain else 0.0)
+        await self._unmount_port(
+            host_port, container_id=container_id, deadline=deadline, keep_pending=False
+        )
+
+    async def unmount_all(self) -> None:
+        """At shutdown: every mount of ours and every leftover. Never raises.
+
+        Pending uploads get until the caller's deadline, less one unmount tool's limit kept
+        for the unmount itself, and at most `drain_timeout`. Caches that still hold pending
+        uploads then are kept (logged): the container's next mount, after the restart,
+        uploads them.
+        """
+        # Side by side: one hung FUSE mount, whose unmount tools each wait out their limit,
+        # must not use up the budget that every other container's unmount needs.
+        now = trio.current_time()
+        reserve = self._unmount_timeout
+        deadline = min(now + self._drain_timeout, trio.current_effective_deadline() - reserve)
+        async with trio.open_nursery() as nursery:
+            for host_port in sorted({host_port for host_port, _ in self._mounts}):
+                nursery.start_soon(
+                    functools.partial(
+                        self._unmount_port,
+                        host_port,
+                        container_id=None,
+                        deadline=deadline,
+                        keep_pending=True,
+                    )
+                )
+        await self._remove_leftovers(report_kept=False)  # each was reported just now
+
+    async def remove_leftovers(self) -> None:
+        """At start-up: mounts under $root/cloudStorage (from mountinfo), stale config
+        files, caches with nothing left to upload, empty mount directories. Never raises."""
+        await self._remove_leftovers(report_kept=True)
+
+    async def _remove_leftovers(self, *, report_kept: bool) -> None:
+        await self._sweep_mounts(self._layout.base)
+        try:
+            await trio.to_thread.run_sync(self._layout.remove_stale_files, set(self._mounts))
+            live = {mount.cache_dir for mount in self._mounts.values()}
+            kept = await trio.to_thread.run_sync(self._caches.remove_clean, live)
+        except Exception:
+            logger.exception("could not remove stale cloud-storage files")
+            return
+        for cache_dir, pending in kept if report_kept else []:
+            logger.warning(
+                "kept an rclone cache with %d upload(s) not yet sent, for its next mount",
+                pending,
+                extra={"cache_dir": str(cache_dir)},
+            )
+
+    # --- internals -------------------------------------------------------------------------
+
+    async def _unmount_port(
+        self, host_port: int, *, container_id: str | None, deadline: float, keep_pending: bool
+    ) -> None:
         for provider in PROVIDERS:
             key = (host_port, provider)
             try:
@@ -205,36 +283,29 @@ class CloudStorage:
                     current = self._mounts.get(key)
                     if current is None or container_id in (None, current.container_id):
                         if current is not None:
-                            await self._drain(key, deadline)
+                            await self._drain(key, current.cache_dir, deadline)
                         await self._release(key)
+                        owner = current.container_id if current else container_id
+                        if owner is not None:
+                            await self._drop_cache(key, owner, keep_pending=keep_pending)
             except Exception:
                 logger.exception("cloud storage cleanup failed", extra={"host_port": host_port})
             self._forget_lock(key)
         tried = {self.mount_point(host_port, provider) for provider in PROVIDERS}
         await self._sweep_mounts(self._layout.port_dir(host_port), tried=tried)
 
-    async def unmount_all(self) -> None:
-        """At shutdown: every mount of ours and every leftover. Never raises."""
-        # No draining: the shutdown has a small budget and must unmount every container.
-        # Side by side: one hung FUSE mount, whose unmount tools each wait out their limit,
-        # must not use up the budget that every other container's unmount needs.
-        async with trio.open_nursery() as nursery:
-            for host_port in sorted({host_port for host_port, _ in self._mounts}):
-                nursery.start_soon(
-                    functools.partial(self.unmount_container, host_port, drain=False)
+    async def _drop_cache(self, key: Key, container_id: str, *, keep_pending: bool) -> None:
+        cache_dir = self._caches.dir_for(key, container_id)
+        if keep_pending:
+            pending = await trio.to_thread.run_sync(self._caches.remove_if_clean, cache_dir)
+            if pending:
+                logger.warning(
+                    "%d upload(s) not sent at stop: kept in the cache for the next mount",
+                    pending,
+                    extra={"host_port": key[0], "provider": key[1], "cache_dir": str(cache_dir)},
                 )
-        await self.remove_leftovers()
-
-    async def remove_leftovers(self) -> None:
-        """At start-up: mounts under $root/cloudStorage (from mountinfo), stale config and
-        cache files, empty mount directories. Never raises."""
-        await self._sweep_mounts(self._layout.base)
-        try:
-            await trio.to_thread.run_sync(self._layout.remove_stale_files, set(self._mounts))
-        except Exception:
-            logger.exception("could not remove stale cloud-storage files")
-
-    # --- internals -------------------------------------------------------------------------
+        else:
+            await trio.to_thread.run_sync(self._caches.remove, cache_dir)
 
     async def _read_mounts(self) -> list[MountEntry]:
         return await read_mounts(self._mountinfo_path)
@@ -272,21 +343,26 @@ class CloudStorage:
         with trio.move_on_after(self._unmount_timeout, shield=True):
             try:
                 await self._release(key)
+                for cache_dir in await trio.to_thread.run_sync(self._caches.dirs_of, key):
+                    await trio.to_thread.run_sync(self._caches.remove_if_clean, cache_dir)
             except Exception:
                 logger.exception("cleanup after a failed mount failed")
 
     def _prepare(self, key: Key, config_text: str) -> str | None:
         try:
+            self._layout.make_mount_point(key)
+            self._caches.prepare()
             ensure_private_dir(self._layout.config_dir)
             write_private_file(self._layout.config_path(key), config_text)
-            self._layout.mount_point(key).mkdir(mode=0o755, parents=True, exist_ok=True)
+        except UnsafePath as exc:
+            return f"not mounting: {exc.strerror}"
         except OSError as exc:
             return f"cannot prepare the mount: {exc.strerror} ({exc.filename})"
         return None
 
-    async def _drain(self, key: Key, deadline: float) -> None:
+    async def _drain(self, key: Key, cache_dir: Path, deadline: float) -> None:
         context = {"host_port": key[0], "provider": key[1]}
-        pending = await trio.to_thread.run_sync(self._layout.pending_uploads, key)
+        pending = await trio.to_thread.run_sync(self._caches.pending_uploads, cache_dir)
         if pending == 0:
             return
         live = is_mounted(await self._read_mounts(), self._layout.mount_point(key), FUSE_RCLONE)
@@ -297,7 +373,7 @@ class CloudStorage:
             with trio.move_on_at(deadline):
                 while pending:  # rclone's cache metadata announces no changes: look again
                     await trio.sleep(DRAIN_POLL_INTERVAL)
-                    pending = await trio.to_thread.run_sync(self._layout.pending_uploads, key)
+                    pending = await trio.to_thread.run_sync(self._caches.pending_uploads, cache_dir)
                 logger.info("pending uploads finished", extra=context)
                 return
         logger.warning("unmounting with %d upload(s) still pending", pending, extra=context)
@@ -306,15 +382,29 @@ class CloudStorage:
         """Unmount what is at this key's mount point, remove its files and empty dirs."""
         mount_point = self._layout.mount_point(key)
         known = self._mounts.pop(key, None)
-        if is_mounted(await self._read_mounts(), mount_point) and await lazy_unmount(
-            mount_point, self._unmount_commands, per_command_limit=self._unmount_timeout
-        ):
+        if is_mounted(await self._read_mounts(), mount_point) and await self._unmount(mount_point):
             container_id = known.container_id if known else None
             logger.info(
                 "cloud storage unmounted",
                 extra={"host_port": key[0], "provider": key[1], "container_id": container_id},
             )
         await trio.to_thread.run_sync(self._layout.remove_key_files, key)
+
+    async def _unmount(self, mount_point: Path) -> bool:
+        """Lazy unmount, only of a path verified link-free: a link planted on the way would
+        make the tool unmount whatever it points to (another container's Drive)."""
+        if not await trio.to_thread.run_sync(
+            self._layout.is_link_free, mount_point, abandon_on_cancel=True
+        ):
+            logger.error(
+                "not unmounting %s: a symbolic link or a non-directory on its path",
+                mount_point,
+                extra={"mount_point": str(mount_point)},
+            )
+            return False
+        return await lazy_unmount(
+            mount_point, self._unmount_commands, per_command_limit=self._unmount_timeout
+        )
 
     async def _sweep_mounts(self, directory: Path, tried: set[Path] | None = None) -> None:
         """Unmount every mount below `directory` that is neither one of ours nor already
@@ -324,11 +414,7 @@ class CloudStorage:
             for entry in mounts_under(await self._read_mounts(), directory):
                 if entry.mount_point not in ours | (tried or set()):
                     logger.info("unmounting leftover %s", entry.mount_point)
-                    await lazy_unmount(
-                        entry.mount_point,
-                        self._unmount_commands,
-                        per_command_limit=self._unmount_timeout,
-                    )
+                    await self._unmount(entry.mount_point)
             await trio.to_thread.run_sync(self._layout.remove_empty_dirs, directory, ours)
         except Exception:
             logger.exception("cloud storage sweep of %s failed", directory)

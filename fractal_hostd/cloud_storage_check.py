@@ -12,6 +12,8 @@ import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
+from fractal_hostd.child_process import child_environment
+
 VERSION_TIMEOUT = 10.0
 
 Check = tuple[str, bool, str]
@@ -44,6 +46,7 @@ def check_rclone(rclone: str) -> Check:
             timeout=VERSION_TIMEOUT,
             check=False,
             stdin=subprocess.DEVNULL,
+            env=child_environment(),
         )
     except (OSError, subprocess.TimeoutExpired) as exc:
         return ("rclone", False, f"{path} version failed: {exc}")

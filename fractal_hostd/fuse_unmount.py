@@ -15,6 +15,8 @@ from pathlib import Path
 
 import trio
 
+from fractal_hostd.child_process import run_child
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_UNMOUNT_COMMANDS: tuple[tuple[str, ...], ...] = (
@@ -31,16 +33,15 @@ async def lazy_unmount(
     except Cancelled.
 
     Each command gets its own time limit so that one hung tool leaves the fallbacks their
-    chance; the caller still bounds the whole with its cancel scope.
+    chance; the caller still bounds the whole with its cancel scope. A tool over its limit is
+    killed, not waited for (`run_child`): a tool stuck on a hung mount may ignore SIGTERM.
     """
     failures = []
     for command in commands:
         argv = [*command, str(mount_point)]
         try:
             with trio.move_on_after(per_command_limit) as scope:
-                result = await trio.run_process(
-                    argv, stdin=b"", capture_stdout=True, capture_stderr=True, check=False
-                )
+                result = await run_child(argv)
         except OSError as exc:  # tool not installed or not executable
             failures.append(f"{command[0]}: {exc.strerror}")
             continue

@@ -13,9 +13,9 @@ from pathlib import Path
 import trio
 from trio.lowlevel import RunVar
 
+from fractal_hostd.child_process import run_child
 from fractal_hostd.mountinfo import is_mounted, read_mounts
 from fractal_hostd.rclone_config import scrub
-from fractal_hostd.sdnotify import without_notify_env
 
 logger = logging.getLogger(__name__)
 
@@ -32,17 +32,10 @@ _health_check_limiter: RunVar[trio.CapacityLimiter] = RunVar("health_check_limit
 
 async def run_mount_command(argv: list[str], secrets: list[str]) -> str | None:
     """None once `rclone mount --daemon` exited 0, else why not (scrubbed of `secrets`)."""
-    # RCLONE_* variables of the service's own environment would override our config file;
-    # rclone speaks sd_notify too (READY=1 once mounted): systemd must hear only us.
-    env = {
-        name: value
-        for name, value in without_notify_env(os.environ).items()
-        if not name.startswith("RCLONE_")
-    }
+    # The allow-listed environment keeps out RCLONE_* (they would override our config file),
+    # NOTIFY_SOCKET (rclone speaks sd_notify too: systemd must hear only us) and every secret.
     try:
-        result = await trio.run_process(
-            argv, stdin=b"", capture_stdout=True, capture_stderr=True, check=False, env=env
-        )
+        result = await run_child(argv)
     except OSError as exc:
         return f"cannot run {argv[0]}: {exc.strerror}"
     if result.returncode != 0:

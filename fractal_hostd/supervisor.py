@@ -49,6 +49,7 @@ from fractal_hostd.imds import LOCAL_METADATA, ImdsClient, MetadataUnavailable, 
 from fractal_hostd.logs import register_secret, setup_logging
 from fractal_hostd.metrics import Metrics
 from fractal_hostd.portholder import describe_port_holder
+from fractal_hostd.rclone_cache import default_cache_root
 from fractal_hostd.secrets import ensure_private_dir, load_or_create_auth_secret
 from fractal_hostd.shutdown import ShutdownCause, ShutdownReport
 from fractal_hostd.spot import DrainHook, run_spot_poller
@@ -122,6 +123,7 @@ class Service:
         self.cloud_storage = CloudStorage(
             root=config.root,
             config_dir=config.private_dir / "rclone",
+            cache_dir=default_cache_root(config.private_dir),
             # Small enough that all fallback unmount tools fit in the local-cleanup budget.
             unmount_timeout=UNMOUNT_TOOL_TIMEOUT,
         )

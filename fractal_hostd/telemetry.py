@@ -42,6 +42,7 @@ from sentry_sdk.integrations.logging import LoggingIntegration
 from sentry_sdk.types import Event, Hint
 from sentry_sdk.utils import BadDsn, event_from_exception
 
+from fractal_hostd.child_process import child_environment
 from fractal_hostd.hoststate import InstanceMetadata
 from fractal_hostd.logs import FILTERED, NO_SENTRY_EVENT, is_sensitive_key, redact_text
 
@@ -74,6 +75,7 @@ def git_commit(package_dir: Path | None = None) -> str | None:
                 text=True,
                 timeout=2,
                 check=False,
+                env=child_environment(),
             )
         except (OSError, subprocess.SubprocessError):
             return None

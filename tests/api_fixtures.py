@@ -19,6 +19,7 @@ from quart_trio import QuartTrio
 
 from fractal_hostd.api.app import create_app
 from fractal_hostd.api.server import serve_api
+from fractal_hostd.cloud_storage import MountFailed
 from fractal_hostd.containers.info import ContainerInfo
 from fractal_hostd.containers.lifecycle import ContainerLifecycle
 from fractal_hostd.containers.registry import ContainerRecord, ContainerRegistry
@@ -36,12 +37,17 @@ def container_id(host_port: int) -> str:
 
 @dataclass
 class FakeCloudStorage:
-    """Records mounts; `fail_with` makes the next mounts raise it."""
+    """Keeps what is mounted the way the real one does: one mount per (host port, provider),
+    owned by the container it was made for; a later container's mount on a reused port
+    replaces it. `fail_with` makes the next mounts raise it."""
 
     root: Path
-    mounts: list[dict[str, Any]] = field(default_factory=list)
+    mounts: list[dict[str, Any]] = field(default_factory=list)  # every successful request
+    mounted: dict[tuple[int, str], str] = field(default_factory=dict)  # -> container id
     fail_with: Exception | None = None
-    unmounted: list[int] = field(default_factory=list)
+    unmounted: list[tuple[int, str | None]] = field(default_factory=list)  # (port, container)
+    # Runs while the request waits for its turn (the real one's lock): before `is_current`.
+    before_turn: Callable[[], Awaitable[None]] | None = None
     # Runs while "rclone" mounts: lets a test kill the container mid-mount.
     during_mount: Callable[[], Awaitable[None]] | None = None
 
@@ -54,7 +60,12 @@ class FakeCloudStorage:
         token: Any,
         client_id: str | None,
         client_secret: str | None,
+        is_current: Callable[[], bool] | None = None,
     ) -> Path:
+        if self.before_turn is not None:
+            await self.before_turn()
+        if is_current is not None and not is_current():  # the real one asks before rclone runs
+            raise MountFailed(f"no container with host port {host_port}")
         if self.during_mount is not None:
             await self.during_mount()
         if self.fail_with is not None:
@@ -69,11 +80,16 @@ class FakeCloudStorage:
                 "client_secret": client_secret,
             }
         )
+        self.mounted[(host_port, provider)] = container_id
         folder = "Google Drive" if provider == "google_drive" else "Dropbox"
         return self.root / str(host_port) / folder
 
-    async def unmount_container(self, host_port: int) -> None:
-        self.unmounted.append(host_port)
+    async def unmount_container(self, host_port: int, *, container_id: str | None = None) -> None:
+        """Like the real one: with `container_id`, another container's mounts are spared."""
+        self.unmounted.append((host_port, container_id))
+        for (port, provider), owner in list(self.mounted.items()):
+            if port == host_port and container_id in (None, owner):
+                del self.mounted[(port, provider)]
 
 
 @dataclass
@@ -86,9 +102,9 @@ class Api:
     mappings_dir: Path
     cloud_storage: FakeCloudStorage | None
 
-    async def add_container(self, host_port: int) -> ContainerRecord:
+    async def add_container(self, host_port: int, *, id: str | None = None) -> ContainerRecord:
         await self.lifecycle.on_running(
-            ContainerInfo(id=container_id(host_port), host_port=host_port, running=True)
+            ContainerInfo(id=id or container_id(host_port), host_port=host_port, running=True)
         )
         record = self.registry.by_host_port(host_port)
         assert record is not None

@@ -70,7 +70,8 @@ class FakeTools:
         self.control.write_text(json.dumps(control))
 
     def behave(self, role: str, **behaviour: Any) -> None:
-        """exit=int, stderr=str, sleep=seconds, mount=bool (rclone mount adds a mount line)."""
+        """exit=int, stderr=str, sleep=seconds, mount=bool (rclone mount adds a mount line),
+        ignore_sigterm=bool."""
         self.roles[role] = behaviour
         self._write_control()
 
@@ -98,7 +99,9 @@ class FakeTools:
         return self.mountinfo.read_text()
 
     def storage(self, root: Path, config_dir: Path, **overrides: Any) -> CloudStorage:
+        """Caches in `<config_dir>/../../rclone-cache` unless `cache_dir` is given."""
         settings: dict[str, Any] = {
+            "cache_dir": config_dir.parent.parent / "rclone-cache",
             "rclone": self.path("rclone"),
             "unmount_commands": self.unmount_commands,
             "mountinfo_path": self.mountinfo,

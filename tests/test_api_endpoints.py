@@ -213,7 +213,53 @@ async def test_container_dying_during_the_mount_is_unmounted_and_406(
     answer = await client.post("/mount_cloud_storage", json=MOUNT_BODY, headers=AUTH)
     assert answer.status_code == 406
     assert (await _json(answer))["error"] == f"no container with host port {PORT}"
-    assert api.cloud_storage.unmounted == [PORT]
+    assert api.cloud_storage.unmounted == [(PORT, record.id)]
+    assert api.cloud_storage.mounted == {}
+
+
+async def test_container_dying_during_the_mount_spares_the_mount_of_its_ports_next_container(
+    api: Api, client: Client
+) -> None:
+    # Docker gives the port to a new container while the old one's mount is still running;
+    # the new container mounts its Dropbox. The old request's clean-up must not take it away.
+    old = await api.add_container(PORT, id="a" * 64)
+    cloud = api.cloud_storage
+    assert cloud is not None
+
+    async def die_and_reuse_the_port() -> None:
+        cloud.during_mount = None
+        await api.lifecycle.on_gone(old.id)
+        new = await api.add_container(PORT, id="b" * 64)
+        answer = await client.post(
+            "/mount_cloud_storage", json={**MOUNT_BODY, "provider": "dropbox"}, headers=AUTH
+        )
+        assert answer.status_code == 200
+        assert new.cloud_storage == ["dropbox"]
+
+    cloud.during_mount = die_and_reuse_the_port
+    answer = await client.post("/mount_cloud_storage", json=MOUNT_BODY, headers=AUTH)
+
+    assert answer.status_code == 406
+    assert cloud.unmounted == [(PORT, old.id)]
+    assert cloud.mounted == {(PORT, "dropbox"): "b" * 64}
+
+
+async def test_container_dying_while_its_mount_waits_is_not_mounted(
+    api: Api, client: Client
+) -> None:
+    record = await api.add_container(PORT)
+    cloud = api.cloud_storage
+    assert cloud is not None
+
+    async def die() -> None:
+        await api.lifecycle.on_gone(record.id)
+
+    cloud.before_turn = die
+    answer = await client.post("/mount_cloud_storage", json=MOUNT_BODY, headers=AUTH)
+
+    assert answer.status_code == 406
+    assert (await _json(answer))["error"] == f"no container with host port {PORT}"
+    assert cloud.mounts == []
 
 
 async def test_mount_while_draining_is_406(api: Api, client: Client) -> None:

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from fractal_hostd import rclone_mount
+from fractal_hostd import child_process, rclone_mount
 from fractal_hostd.cloud_storage import CloudStorage, MountFailed, OAuthToken
 from tests.cloud_storage_fixtures import (
     ACCESS_TOKEN,
@@ -59,6 +59,11 @@ def root(tmp_path: Path) -> Path:
 @pytest.fixture
 def config_dir(tmp_path: Path) -> Path:
     return tmp_path / "private" / "rclone"
+
+
+@pytest.fixture
+def cache_dir(tmp_path: Path) -> Path:
+    return tmp_path / "rclone-cache"  # where FakeTools.storage puts it
 
 
 @pytest.fixture
@@ -105,7 +110,7 @@ def mode(path: Path) -> int:
 
 
 async def test_mount_gives_rclone_a_private_config_and_no_secret_on_its_command_line(
-    storage: CloudStorage, tools: FakeTools, root: Path, config_dir: Path
+    storage: CloudStorage, tools: FakeTools, root: Path, config_dir: Path, cache_dir: Path
 ) -> None:
     mount_point = await mount(storage)
 
@@ -119,7 +124,7 @@ async def test_mount_gives_rclone_a_private_config_and_no_secret_on_its_command_
         "--config",
         str(config_path),
         "--cache-dir",
-        str(config_dir / "cache" / f"{PORT}-google_drive"),
+        str(cache_dir / f"{PORT}-google_drive-{CONTAINER_ID}"),
         "--daemon",
         "--daemon-wait",
         "5000ms",
@@ -203,6 +208,31 @@ async def test_new_container_on_the_same_port_gets_a_fresh_mount(
     assert tools.mounted().count(str(mount_point).replace(" ", "\\040")) == 1
 
 
+async def test_request_of_a_container_gone_while_it_waited_spares_the_new_containers_mount(
+    storage: CloudStorage, tools: FakeTools
+) -> None:
+    # The old container's request waited for its turn while the port's next container mounted
+    # the same provider; by then the old container is gone.
+    mount_point = await mount(storage, container_id=OTHER_CONTAINER_ID)
+
+    with pytest.raises(MountFailed, match=f"no container with host port {PORT}"):
+        with trio.fail_after(LIMIT):
+            await storage.mount(
+                host_port=PORT,
+                container_id=CONTAINER_ID,
+                provider="google_drive",
+                token=TOKEN,
+                client_id=None,
+                client_secret=None,
+                is_current=lambda: False,
+            )
+
+    assert tools.calls("fusermount3") == []
+    assert len(tools.calls("rclone")) == 1
+    assert storage.mounted_providers(PORT) == ["google_drive"]
+    assert str(mount_point).replace(" ", "\\040") in tools.mounted()
+
+
 async def test_a_vanished_mount_is_mounted_again(storage: CloudStorage, tools: FakeTools) -> None:
     mount_point = await mount(storage)
     tools.mountinfo.write_text(tools.mounted().replace("fuse.rclone google_drive", "gone"))
@@ -259,8 +289,15 @@ async def test_success_without_a_mount_is_a_failure(
     assert storage.mounted_providers(PORT) == []
 
 
-async def test_missing_rclone_is_a_mount_failure(root: Path, config_dir: Path) -> None:
-    storage = CloudStorage(root=root, config_dir=config_dir, rclone="/nonexistent/rclone")
+async def test_missing_rclone_is_a_mount_failure(
+    root: Path, config_dir: Path, cache_dir: Path
+) -> None:
+    storage = CloudStorage(
+        root=root,
+        config_dir=config_dir,
+        cache_dir=config_dir / "cache",
+        rclone="/nonexistent/rclone",
+    )
 
     with pytest.raises(MountFailed, match=r"cannot run /nonexistent/rclone"):
         await mount(storage)
@@ -413,7 +450,7 @@ async def test_missing_unmount_tools_fall_through(
 
 
 async def test_remove_leftovers_cleans_only_our_area(
-    storage: CloudStorage, tools: FakeTools, root: Path, config_dir: Path
+    storage: CloudStorage, tools: FakeTools, root: Path, config_dir: Path, cache_dir: Path
 ) -> None:
     base = root / "cloudStorage"
     leftover = base / "40000" / "Dropbox"
@@ -426,7 +463,8 @@ async def test_remove_leftovers_cleans_only_our_area(
     config_dir.mkdir(parents=True)
     for name in ("40000-dropbox.conf", "40000-dropbox.conf123456", ".40000-dropbox.conf.tmp"):
         (config_dir / name).write_text("[stale]\n")
-    (config_dir / "cache" / "40000-dropbox" / "vfs").mkdir(parents=True)
+    (cache_dir / f"40000-dropbox-{CONTAINER_ID}" / "vfs").mkdir(parents=True)  # nothing pending
+    pending = mark_upload_pending(cache_dir, "google_drive")  # a user's unsent file
 
     with trio.fail_after(LIMIT):
         await storage.remove_leftovers()
@@ -436,7 +474,8 @@ async def test_remove_leftovers_cleans_only_our_area(
     assert sorted(p.name for p in base.iterdir()) == ["40002"]
     assert (kept / "user-file").exists()
     assert files_under(config_dir) == []
-    assert not (config_dir / "cache" / "40000-dropbox").exists()
+    assert not (cache_dir / f"40000-dropbox-{CONTAINER_ID}").exists()
+    assert pending.exists()
 
     with trio.fail_after(LIMIT):
         await storage.remove_leftovers()  # idempotent
@@ -471,7 +510,7 @@ async def test_unmount_all_unmounts_every_container(
 
 
 async def test_unmount_all_is_not_held_up_by_one_hanging_unmount_tool(
-    tools: FakeTools, root: Path, config_dir: Path
+    tools: FakeTools, root: Path, config_dir: Path, cache_dir: Path
 ) -> None:
     # fusermount3 hangs (a wedged FUSE mount); fusermount, the fallback, works. Each hang
     # costs the per-command limit: one after the other, two containers need two of them,
@@ -479,20 +518,28 @@ async def test_unmount_all_is_not_held_up_by_one_hanging_unmount_tool(
     storage = tools.storage(root, config_dir, unmount_timeout=1.0)
     first = await mount(storage, host_port=32768)
     second = await mount(storage, "dropbox", host_port=32769)
-    tools.behave("fusermount3", sleep=30)
+    tools.behave("fusermount3", sleep=30, ignore_sigterm=True)
 
+    started = trio.current_time()
     with trio.move_on_after(1.9):  # the supervisor's bound: < 2 x the per-command limit
         await storage.unmount_all()
+    # The hung tool is killed, not waited for (trio.run_process: SIGTERM, 5 s, SIGKILL).
+    assert trio.current_time() - started < 1.9 + child_process.KILL_GRACE
 
     unmounted = {call["argv"][-1] for call in tools.calls("fusermount")}
     assert unmounted >= {str(first), str(second)}
 
 
 def mark_upload_pending(
-    config_dir: Path, provider: str, dirty: bool = True, content: str | None = None
+    cache_dir: Path,
+    provider: str,
+    dirty: bool = True,
+    content: str | None = None,
+    container_id: str = CONTAINER_ID,
 ) -> Path:
     """What rclone's VFS cache keeps for a written, not yet uploaded file."""
-    meta = config_dir / "cache" / f"{PORT}-{provider}" / "vfsMeta" / f"{provider}-{PORT}" / "doc"
+    cache = cache_dir / f"{PORT}-{provider}-{container_id}"
+    meta = cache / "vfsMeta" / f"{provider}-{PORT}" / "doc"
     meta.parent.mkdir(parents=True, exist_ok=True)
     meta.write_text(json.dumps({"Size": 3, "Dirty": dirty}) if content is None else content)
     return meta
@@ -509,15 +556,16 @@ async def test_unmount_waits_for_pending_uploads(
     config_dir: Path,
     caplog: pytest.LogCaptureFixture,
     metadata: str | None,
+    cache_dir: Path,
 ) -> None:
     storage = tools.storage(root, config_dir, drain_timeout=10.0)
     await mount(storage)
-    meta = mark_upload_pending(config_dir, "google_drive", content=metadata)
+    meta = mark_upload_pending(cache_dir, "google_drive", content=metadata)
 
     async def upload_finishes() -> None:
         await trio.sleep(0.3)
         assert tools.calls("fusermount3") == []  # still waiting
-        mark_upload_pending(config_dir, "google_drive", dirty=False)
+        mark_upload_pending(cache_dir, "google_drive", dirty=False)
 
     with trio.fail_after(LIMIT):
         async with trio.open_nursery() as nursery:
@@ -532,18 +580,18 @@ async def test_unmount_waits_for_pending_uploads(
 
 
 async def test_unmount_of_a_dead_container_spares_a_new_containers_mount_on_its_port(
-    tools: FakeTools, root: Path, config_dir: Path
+    tools: FakeTools, root: Path, config_dir: Path, cache_dir: Path
 ) -> None:
     storage = tools.storage(root, config_dir, drain_timeout=10.0)
     await mount(storage)
-    mark_upload_pending(config_dir, "google_drive")
+    mark_upload_pending(cache_dir, "google_drive")
     new_mount: list[Path] = []
 
     async def port_reused_while_draining() -> None:
         await trio.sleep(0.3)  # the old container's Drive upload is being waited for
         # Docker gave the port to a new container, whose user mounts Dropbox.
         new_mount.append(await mount(storage, "dropbox", container_id=OTHER_CONTAINER_ID))
-        mark_upload_pending(config_dir, "google_drive", dirty=False)
+        mark_upload_pending(cache_dir, "google_drive", dirty=False)
 
     with trio.fail_after(LIMIT):
         async with trio.open_nursery() as nursery:
@@ -559,43 +607,117 @@ async def test_unmount_of_a_dead_container_spares_a_new_containers_mount_on_its_
 
 
 async def test_unmount_gives_up_waiting_for_uploads_after_the_drain_timeout(
-    tools: FakeTools, root: Path, config_dir: Path, caplog: pytest.LogCaptureFixture
+    tools: FakeTools,
+    root: Path,
+    config_dir: Path,
+    caplog: pytest.LogCaptureFixture,
+    cache_dir: Path,
 ) -> None:
     storage = tools.storage(root, config_dir, drain_timeout=0.3)
     await mount(storage)
     await mount(storage, "dropbox")
-    mark_upload_pending(config_dir, "google_drive")
-    mark_upload_pending(config_dir, "dropbox")
+    mark_upload_pending(cache_dir, "google_drive")
+    mark_upload_pending(cache_dir, "dropbox")
 
     with trio.fail_after(LIMIT):
         await storage.unmount_container(PORT)
 
     assert len(tools.calls("fusermount3")) == 2
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert warnings == ["unmounting with 1 upload(s) still pending"] * 2
+    assert (
+        warnings
+        == [
+            "unmounting with 1 upload(s) still pending",
+            "removing the cache of a gone mount with 1 upload(s) never sent",
+        ]
+        * 2
+    )
+    assert list(cache_dir.iterdir()) == []  # the container is gone: so are its caches
 
 
-async def test_unmount_all_does_not_wait_for_uploads_but_says_what_is_lost(
-    tools: FakeTools, root: Path, config_dir: Path, caplog: pytest.LogCaptureFixture
+async def test_unmount_all_lets_pending_uploads_finish_within_its_budget(
+    tools: FakeTools, root: Path, config_dir: Path, cache_dir: Path
 ) -> None:
-    storage = tools.storage(root, config_dir, drain_timeout=60.0)
+    storage = tools.storage(root, config_dir, unmount_timeout=0.5)
     await mount(storage)
-    mark_upload_pending(config_dir, "google_drive")
+    meta = mark_upload_pending(cache_dir, "google_drive")
+
+    async def upload_finishes() -> None:
+        await trio.sleep(0.5)
+        assert tools.calls("fusermount3") == []  # still waiting
+        mark_upload_pending(cache_dir, "google_drive", dirty=False)
 
     with trio.fail_after(LIMIT):
-        await storage.unmount_all()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(upload_finishes)
+            with trio.move_on_after(4.0):  # the supervisor's budget
+                await storage.unmount_all()
 
     assert len(tools.calls("fusermount3")) == 1
-    pending = [r.getMessage() for r in caplog.records if "pending" in r.getMessage()]
-    assert pending == ["unmounting with 1 upload(s) still pending"]
+    assert not meta.exists()  # uploaded: the cache is gone with its mount
+    assert list(cache_dir.iterdir()) == []
+
+
+async def test_unmount_all_keeps_what_is_left_at_its_deadline_for_the_next_mount(
+    tools: FakeTools,
+    root: Path,
+    config_dir: Path,
+    cache_dir: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    storage = tools.storage(root, config_dir, unmount_timeout=0.5, drain_timeout=60.0)
+    await mount(storage)
+    meta = mark_upload_pending(cache_dir, "google_drive")
+
+    with trio.fail_after(LIMIT):
+        with trio.move_on_after(1.5) as budget:  # the upload never finishes
+            await storage.unmount_all()
+    assert not budget.cancelled_caught  # 0.5 s of it kept for the unmount itself
+
+    assert len(tools.calls("fusermount3")) == 1
+    assert "fuse.rclone google_drive" not in tools.mounted()
+    assert meta.exists()
+    messages = [r.getMessage() for r in caplog.records]
+    assert "unmounting with 1 upload(s) still pending" in messages
+    assert "1 upload(s) not sent at stop: kept in the cache for the next mount" in messages
+    kept_at_start = "kept an rclone cache with 1 upload(s) not yet sent, for its next mount"
+    assert kept_at_start not in messages  # said once at stop, not twice
+
+    # The service starts again: the cache stays, and the container's next mount gets it.
+    restarted = tools.storage(root, config_dir)
+    with trio.fail_after(LIMIT):
+        await restarted.remove_leftovers()
+    assert meta.exists()
+    assert kept_at_start in [r.getMessage() for r in caplog.records]
+    await mount(restarted)
+    argv = tools.calls("rclone")[-1]["argv"]
+    assert argv[argv.index("--cache-dir") + 1] == str(meta.parents[2])
+
+
+async def test_a_new_container_on_the_port_removes_the_previous_containers_cache(
+    storage: CloudStorage, tools: FakeTools, cache_dir: Path
+) -> None:
+    old = mark_upload_pending(cache_dir, "google_drive", container_id=OTHER_CONTAINER_ID)
+
+    await mount(storage)
+
+    assert not old.parents[2].exists()  # never uploaded to the new container's Drive
+    argv = tools.calls("rclone")[-1]["argv"]
+    assert argv[argv.index("--cache-dir") + 1] == str(
+        cache_dir / f"{PORT}-google_drive-{CONTAINER_ID}"
+    )
 
 
 async def test_unmount_does_not_wait_for_uploads_of_a_mount_that_is_gone(
-    tools: FakeTools, root: Path, config_dir: Path, caplog: pytest.LogCaptureFixture
+    tools: FakeTools,
+    root: Path,
+    config_dir: Path,
+    caplog: pytest.LogCaptureFixture,
+    cache_dir: Path,
 ) -> None:
     storage = tools.storage(root, config_dir, drain_timeout=60.0)
     await mount(storage)
-    mark_upload_pending(config_dir, "google_drive")
+    mark_upload_pending(cache_dir, "google_drive")
     tools.mountinfo.write_text(tools.mounted().replace("fuse.rclone google_drive", "gone"))
 
     with trio.fail_after(LIMIT):

@@ -74,6 +74,7 @@ def local_storage(root: Path, config_dir: Path, backend_dir: Path) -> CloudStora
     return CloudStorage(
         root=root,
         config_dir=config_dir,
+        cache_dir=config_dir.parent.parent / "rclone-cache",
         options=MountOptions(write_back=0.1),
         backend_override=lambda host_port, provider: Backend("local", str(backend_dir)),
     )
@@ -189,6 +190,7 @@ async def test_a_file_saved_just_before_the_container_dies_is_uploaded(
     storage = CloudStorage(
         root=root,
         config_dir=config_dir,
+        cache_dir=config_dir.parent.parent / "rclone-cache",
         backend_override=lambda host_port, provider: Backend("local", str(backend_dir)),
     )
     with trio.fail_after(LIMIT):
@@ -196,6 +198,31 @@ async def test_a_file_saved_just_before_the_container_dies_is_uploaded(
         await trio.to_thread.run_sync((mount_point / "saved.txt").write_text, "last words")
 
         await storage.unmount_container(PORT)
+
+        assert (backend_dir / "saved.txt").read_text() == "last words"
+        assert not is_mounted(await read_mounts(), mount_point)
+
+
+@pytest.mark.fuse
+@needs_fuse
+async def test_a_file_saved_just_before_the_service_stops_is_uploaded(
+    root: Path, config_dir: Path, backend_dir: Path
+) -> None:
+    """Production write-back delay (1 s); stop right after the write, under the supervisor's
+    4 s unmount budget: the stop path lets the upload finish, then unmounts."""
+    storage = CloudStorage(
+        root=root,
+        config_dir=config_dir,
+        cache_dir=config_dir.parent.parent / "rclone-cache",
+        unmount_timeout=1.5,
+        backend_override=lambda host_port, provider: Backend("local", str(backend_dir)),
+    )
+    with trio.fail_after(LIMIT):
+        mount_point = await mount(storage)
+        await trio.to_thread.run_sync((mount_point / "saved.txt").write_text, "last words")
+
+        with trio.move_on_after(4.0):
+            await storage.unmount_all()
 
         assert (backend_dir / "saved.txt").read_text() == "last words"
         assert not is_mounted(await read_mounts(), mount_point)
@@ -257,7 +284,12 @@ async def test_remove_leftovers_unmounts_what_a_previous_run_left(
 async def test_drive_with_made_up_tokens_fails_with_rclones_reason(
     root: Path, config_dir: Path
 ) -> None:
-    storage = CloudStorage(root=root, config_dir=config_dir, mount_timeout=10.0)
+    storage = CloudStorage(
+        root=root,
+        config_dir=config_dir,
+        cache_dir=config_dir.parent.parent / "rclone-cache",
+        mount_timeout=10.0,
+    )
     with trio.fail_after(LIMIT), pytest.raises(MountFailed) as failure:
         await mount(storage)
 
@@ -268,3 +300,89 @@ async def test_drive_with_made_up_tokens_fails_with_rclones_reason(
     assert_no_secret(message)
     assert not (root / "cloudStorage" / str(PORT)).exists()
     assert not any(p.is_file() for p in config_dir.rglob("*"))
+
+
+@pytest.mark.fuse
+@needs_fuse
+async def test_a_file_left_pending_at_stop_is_uploaded_by_the_containers_next_mount(
+    root: Path, config_dir: Path, backend_dir: Path
+) -> None:
+    """The stop's budget runs out before the write-back (60 s): the file stays in the kept
+    cache, and the same container's mount after the restart uploads it."""
+    cache_dir = config_dir.parent.parent / "rclone-cache"
+
+    def storage_with(write_back: float) -> CloudStorage:
+        return CloudStorage(
+            root=root,
+            config_dir=config_dir,
+            cache_dir=cache_dir,
+            unmount_timeout=1.5,
+            options=MountOptions(write_back=write_back),
+            backend_override=lambda host_port, provider: Backend("local", str(backend_dir)),
+        )
+
+    before_stop = storage_with(60.0)
+    with trio.fail_after(LIMIT):
+        mount_point = await mount(before_stop)
+        await trio.to_thread.run_sync((mount_point / "saved.txt").write_text, "last words")
+        with trio.move_on_after(2.0):
+            await before_stop.unmount_all()
+        assert not (backend_dir / "saved.txt").exists()
+        while is_mounted(await read_mounts(), mount_point):  # the lazy unmount completing
+            await trio.sleep(0.1)
+        # The stop removes the private dir; the cache is elsewhere and stays.
+        shutil.rmtree(config_dir.parent)
+
+        after_restart = storage_with(0.1)
+        await after_restart.remove_leftovers()
+        await mount(after_restart)
+        while not (backend_dir / "saved.txt").exists():
+            await trio.sleep(0.1)
+        assert (backend_dir / "saved.txt").read_text() == "last words"
+        await after_restart.unmount_all()
+
+
+@pytest.mark.fuse
+@needs_fuse
+@pytest.mark.parametrize("link_at", ["port dir", "provider folder"])
+async def test_a_planted_link_gets_no_mount_and_no_unmount(
+    storage: CloudStorage, root: Path, tmp_path: Path, link_at: str
+) -> None:
+    """On the kernel's own mount table: nothing mounted through the link, its target (here
+    another live mount, someone else's Drive) left mounted."""
+    victim = tmp_path / "victim"
+    (victim / "Google Drive").mkdir(parents=True)
+    (root / "cloudStorage" / str(PORT)).mkdir(parents=True)
+    if link_at == "port dir":
+        (root / "cloudStorage" / str(PORT)).rmdir()
+        (root / "cloudStorage" / str(PORT)).symlink_to(victim)
+        target = victim / "Google Drive"
+    else:
+        (root / "cloudStorage" / str(PORT) / "Google Drive").symlink_to(victim / "Google Drive")
+        target = victim / "Google Drive"
+    other = await storage.mount(
+        host_port=PORT + 1,
+        container_id=CONTAINER_ID,
+        provider="google_drive",
+        token=TOKEN,
+        client_id=CLIENT_ID,
+        client_secret=CLIENT_SECRET,
+    )
+
+    with trio.fail_after(LIMIT), pytest.raises(MountFailed, match="symbolic link"):
+        await mount(storage)
+    mounts = await read_mounts()
+    assert mounts_under(mounts, victim) == []
+    assert not is_mounted(mounts, target)
+
+    # A mount listed at the linked name would be unmounted through the link: put the victim
+    # link on the other (live) mount, then clean the port up.
+    link = root / "cloudStorage" / str(PORT)
+    if link_at == "port dir":
+        link.unlink()
+        link.symlink_to(other.parent)
+    with trio.fail_after(LIMIT):
+        await storage.unmount_container(PORT)
+        await storage.remove_leftovers()
+    assert is_mounted(await read_mounts(), other)
+    assert (victim / "Google Drive").is_dir()

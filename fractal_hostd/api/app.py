@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import sentry_sdk
@@ -114,6 +115,7 @@ class _MeasuredMounts:
         token: OAuthToken,
         client_id: str | None,
         client_secret: str | None,
+        is_current: Callable[[], bool] | None = None,
     ) -> Path:
         started = trio.current_time()
         try:
@@ -124,6 +126,7 @@ class _MeasuredMounts:
                 token=token,
                 client_id=client_id,
                 client_secret=client_secret,
+                is_current=is_current,
             )
         except Exception:  # a cancel (client gone, shutdown) is not the mount's failure
             self._metrics.mount_done(provider, trio.current_time() - started, ok=False)
@@ -133,8 +136,8 @@ class _MeasuredMounts:
         self._history.record(container_id, "mounted", provider)
         return mount_point
 
-    async def unmount_container(self, host_port: int) -> None:
-        await self._inner.unmount_container(host_port)
+    async def unmount_container(self, host_port: int, *, container_id: str | None = None) -> None:
+        await self._inner.unmount_container(host_port, container_id=container_id)
 
 
 def _install_hooks(app: HostApi, metrics: Metrics) -> None:

@@ -63,9 +63,12 @@ class CloudStorageMounter(Protocol):
         token: OAuthToken,
         client_id: str | None,
         client_secret: str | None,
+        is_current: Callable[[], bool] | None = None,
     ) -> Path: ...
 
-    async def unmount_container(self, host_port: int) -> None: ...
+    async def unmount_container(
+        self, host_port: int, *, container_id: str | None = None
+    ) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -163,13 +166,15 @@ def register_routes(app: QuartTrio, ctx: ApiContext) -> None:
                 token=mount.token,
                 client_id=mount.client_id,
                 client_secret=mount.client_secret,
+                is_current=lambda: ctx.registry.get(record.id) is record,
             )
         except MountFailed as exc:
             raise NotCarriedOut(str(exc)) from exc
         if ctx.registry.get(record.id) is not record:
             # The container died while rclone was mounting: its unmount hook has already run
-            # and found nothing, so this mount would be left behind.
-            await ctx.cloud_storage.unmount_container(mount.host_port)
+            # and found nothing, so this mount would be left behind. Only its own: Docker may
+            # already have given the port to a new container, whose mounts must stay.
+            await ctx.cloud_storage.unmount_container(mount.host_port, container_id=record.id)
             raise NotCarriedOut(f"no container with host port {mount.host_port}")
         if mount.provider not in record.cloud_storage:
             record.cloud_storage.append(mount.provider)

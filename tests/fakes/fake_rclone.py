@@ -4,7 +4,8 @@ Run as `python fake_rclone.py <control.json> <role> [args...]` (tests/cloud_stor
 writes one small shell wrapper per role that does this). control.json:
 
     {"log": "<calls.jsonl>", "mountinfo": "<fake mountinfo file>",
-     "roles": {"rclone": {"exit": 0, "stderr": "", "sleep": 0, "mount": true}, ...}}
+     "roles": {"rclone": {"exit": 0, "stderr": "", "sleep": 0, "mount": true,
+                          "ignore_sigterm": false}, ...}}
 
 Every call appends one JSON line to the log: role, argv, environment, and for `rclone` the
 mode and text of the `--config` file as it was when rclone ran. A successful `rclone mount`
@@ -18,6 +19,7 @@ import contextlib
 import fcntl
 import json
 import os
+import signal
 import stat
 import sys
 import time
@@ -85,6 +87,8 @@ def main() -> int:
         "env": dict(os.environ),
         "config": config_snapshot(args) if role == "rclone" else None,
     }
+    if behaviour.get("ignore_sigterm"):  # a tool stuck on a hung mount
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
     with open(control["log"], "a") as log:
         log.write(json.dumps(record) + "\n")
     time.sleep(behaviour.get("sleep", 0))

@@ -1,0 +1,77 @@
+"""The real service's children get no secret: `python -m fractal_hostd run` with the API secret,
+a Sentry DSN and NOTIFY_SOCKET in its environment, asked to mount cloud storage; the recording
+fake rclone (first on PATH) writes down the environment it was started with.
+
+Same peers and bounds as tests/test_service_e2e.py.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import ssl
+import tempfile
+from pathlib import Path
+
+import httpx
+import trio
+
+from tests.cloud_storage_fixtures import FakeTools
+from tests.service_harness import AUTH_SECRET, running_peers, running_service, service_env
+
+START_BOUND = 60
+EXIT_BOUND = 30
+
+MOUNT_BODY = {
+    "provider": "google_drive",
+    "access_token": "ya29.e2e-access-made-up",
+    "refresh_token": "1//e2e-refresh-made-up",
+    "expiry": "2099-01-01T00:00:00Z",
+    "token_type": "Bearer",
+}
+
+
+async def test_rclone_started_by_the_service_gets_no_secret(tmp_path: Path) -> None:
+    tools = FakeTools(tmp_path / "tools")
+    tools.behave("rclone", exit=1, stderr="fake rclone: refusing\n")  # answer 406 at once
+    notify_dir = Path(tempfile.mkdtemp(prefix="fhd-notify-", dir="/tmp"))  # < 108 bytes
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(notify_dir / "notify"))
+    try:
+        async with running_peers(tmp_path) as peers:
+            env = service_env(
+                tmp_path,
+                peers,
+                NOTIFY_SOCKET=str(notify_dir / "notify"),
+                PATH=f"{tools.bin}:{os.environ['PATH']}",
+            )
+            async with running_service(tmp_path, env) as service:
+                with trio.fail_after(START_BOUND):
+                    await peers.webserver.wait_for_heartbeats(1)
+                container_id = peers.docker.run(name="fhtest-e2e-env")
+                ports = peers.docker.containers[container_id].ports
+                host_port = int(ports["32262/tcp"][0]["HostPort"])
+                private = tmp_path / "private"
+                url = (private / "api_url").read_text().strip().replace("127.0.0.1", "localhost")
+                context = ssl.create_default_context(cafile=private / "cert.pem")
+                async with httpx.AsyncClient(verify=context, timeout=30) as client:
+                    answer = await client.post(
+                        f"{url}/mount_cloud_storage",
+                        json={**MOUNT_BODY, "host_port": host_port},
+                        headers={"Authorization": f"Bearer {AUTH_SECRET}"},
+                    )
+                assert answer.status_code == 406, answer.text
+                assert "fake rclone: refusing" in answer.text
+                service.send_signal()
+                with trio.fail_after(EXIT_BOUND):
+                    assert await service.wait() == 0
+    finally:
+        notify.close()
+
+    [call] = tools.calls("rclone")
+    child_env = call["env"]
+    for name in ("FRACTAL_WEBSERVER_AUTH_SECRET", "SENTRY_DSN", "NOTIFY_SOCKET", "FRACTAL_ROOT"):
+        assert name not in child_env, name
+    for value in (AUTH_SECRET, peers.sentry.dsn, peers.webserver.token):
+        assert value not in str(child_env)
+    assert child_env["PATH"] == env["PATH"]
