@@ -8,12 +8,13 @@ Docker state is reconciled, before heartbeat 0). `run_ecs_agent` is the child ta
   reports `started(container_id)`: a death right after the start is still seen.
 * Each death is logged at ERROR with the exit code (Sentry's logging integration turns it
   into an event). Docker restarts the agent itself (`on-failure`, at most 10 times, the
-  policy Amazon documents); we only report. A separate, narrow subscription (filtered on the
-  container name) keeps this independent of the managed-container event stream, which
-  ignores the agent because it publishes no 32262/tcp.
-* After a stream drop it re-subscribes with backoff and `since=` the last event (or the
-  first subscription), so deaths during the gap are replayed. Deciding that Docker is gone
-  for good is the main event stream's job (its unreachable budget), not this task's.
+  policy Amazon documents); we only report.
+* The deaths come from the one `/events` subscription of the service, the Docker event
+  stream (docker/events.py), through its fan-out (docker/fanout.py): that stream already
+  receives every container's `die`, and owns the resume cursor, the reconnect backoff and
+  the unreachable budget. Its `since` replay after a reconnect brings the deaths of the gap,
+  each published once. The lifecycle of managed containers ignores the agent (it publishes
+  no 32262/tcp); only this task listens for the agent's name.
 
 How the container is made follows Amazon's documented `docker run` for running the agent
 as a container (github.com/aws/amazon-ecs-agent README, "On Other Linux AMIs", and the
@@ -27,17 +28,15 @@ from __future__ import annotations
 
 import logging
 import re
-import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
 import trio
 
-from fractal_hostd.docker.backoff import Backoff
 from fractal_hostd.docker.client import DockerClient, DockerError, DockerNotFound, DockerUnreachable
-from fractal_hostd.docker.cursor import EventCursor, format_since
+from fractal_hostd.docker.fanout import EventFanout
 
 logger = logging.getLogger(__name__)
 
@@ -46,9 +45,9 @@ DEFAULT_ECS_CONFIG_PATH = Path("/etc/ecs/ecs.config")
 RESTART_MAX_RETRIES = 10
 _CONFLICT_ATTEMPTS = 100  # x _CONFLICT_RETRY_DELAY: how long another creator may take
 _CONFLICT_RETRY_DELAY = 0.05
-# A subscription must last this long before the re-subscription backoff starts small again:
-# a stream that dockerd ends at once would otherwise be re-opened every ~0.25 s, forever.
-STABLE_SUBSCRIPTION = 60.0
+# Deaths waiting to be logged. The restart policy allows 11 lives; more deaths queued than
+# this means the task is stuck, and the fan-out then drops (and logs) the surplus.
+DEATHS_BUFFERED = 64
 
 # Host directories (relative to the host root) and where the agent sees them.
 AGENT_BINDS: tuple[tuple[str, str], ...] = (
@@ -279,9 +278,23 @@ def agent_death(event: Mapping[str, Any]) -> AgentDeath | None:
     )
 
 
+def is_death_of(container_name: str) -> Callable[[Mapping[str, Any]], bool]:
+    """A fan-out predicate: `die` events of the container named `container_name` (what the
+    `/events` filters `container=<name>&event=die` selected when this task subscribed itself)."""
+
+    def wanted(event: Mapping[str, Any]) -> bool:
+        if event.get("Type") != "container" or event.get("Action") != "die":
+            return False
+        attributes = (event.get("Actor") or {}).get("Attributes") or {}
+        return bool(attributes.get("name") == container_name)
+
+    return wanted
+
+
 async def run_ecs_agent(
     client: DockerClient,
     *,
+    events: EventFanout,
     image: str,
     ecs_config_path: Path = DEFAULT_ECS_CONFIG_PATH,
     container_name: str = DEFAULT_CONTAINER_NAME,
@@ -291,45 +304,31 @@ async def run_ecs_agent(
 ) -> NoReturn:
     """Child task: start the agent (`started(container_id)`), then report each of its deaths.
 
-    Errors before `started` (image missing, bad ecs.config, Docker errors) are EcsAgentError: the
-    supervisor treats them as fatal. Afterwards stream errors only cause a re-subscription.
+    `events` is the Docker event stream's fan-out: that stream must run (it publishes what it
+    handles). Errors before `started` (image missing, bad ecs.config, Docker errors) are
+    EcsAgentError: the supervisor treats them as fatal. Afterwards Docker trouble is the event
+    stream's to handle; this task only waits for deaths.
     """
-    filters = {"type": ["container"], "container": [container_name], "event": ["die"]}
-    cursor = EventCursor()
-    backoff = Backoff(initial=0.5, cap=30.0)
-    subscribed_since = format_since(time.time_ns())
-    started = False
-    while True:
-        subscribed_at: float | None = None
+    with events.subscribe(
+        "ecs-agent", is_death_of(container_name), buffer=DEATHS_BUFFERED
+    ) as deaths:
         try:
-            since = cursor.since or subscribed_since
-            async with client.events(filters=filters, since=since) as events:
-                subscribed_at = trio.current_time()
-                logger.debug("watching ECS agent container %s (since %s)", container_name, since)
-                if not started:
-                    container_id = await start_ecs_agent(
-                        client,
-                        image=image,
-                        ecs_config_path=ecs_config_path,
-                        container_name=container_name,
-                        host_root=host_root,
-                        command=command,
-                    )
-                    task_status.started(container_id)
-                    started = True
-                async for event in events:
-                    death = agent_death(event)
-                    if death is not None and cursor.accept(event):
-                        _report(container_name, death)
-            logger.warning("the ECS agent event stream ended; subscribing again")
+            container_id = await start_ecs_agent(
+                client,
+                image=image,
+                ecs_config_path=ecs_config_path,
+                container_name=container_name,
+                host_root=host_root,
+                command=command,
+            )
         except (DockerUnreachable, DockerError) as exc:
-            if not started:
-                # Without the agent no task can land here: a fatal condition, not a crash.
-                raise EcsAgentError(f"could not start the ECS agent: {exc}") from exc
-            logger.warning("ECS agent event stream failed (%r); subscribing again", exc)
-        if subscribed_at is not None and trio.current_time() - subscribed_at >= STABLE_SUBSCRIPTION:
-            backoff.reset()
-        await trio.sleep(backoff.next_delay())
+            # Without the agent no task can land here: a fatal condition, not a crash.
+            raise EcsAgentError(f"could not start the ECS agent: {exc}") from exc
+        task_status.started(container_id)
+        while True:
+            death = agent_death(await deaths.receive())
+            if death is not None:
+                _report(container_name, death)
 
 
 def _report(container_name: str, death: AgentDeath) -> None:

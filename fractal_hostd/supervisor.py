@@ -42,6 +42,7 @@ from fractal_hostd.containers.lifecycle import ContainerLifecycle
 from fractal_hostd.containers.registry import ContainerRecord, ContainerRegistry
 from fractal_hostd.docker.client import DockerClient
 from fractal_hostd.docker.events import DockerUnreachableFatal, run_event_stream
+from fractal_hostd.docker.fanout import EventFanout
 from fractal_hostd.ecs_agent import EcsAgentError, run_ecs_agent
 from fractal_hostd.heartbeat import Heartbeats
 from fractal_hostd.hoststate import DrainNotice, HostState, InstanceMetadata
@@ -251,6 +252,7 @@ class Service:
         self.state.drain_hook = self._drain_hook(heartbeats)  # POST /drain takes the spot path
         await self._serve_api(outer, metadata)
         await self.cloud_storage.remove_leftovers()
+        docker_events = EventFanout()  # the one /events subscription, shared with the ECS task
         await inner.start(
             _in_task_scope(
                 "docker-events",
@@ -259,11 +261,18 @@ class Service:
                 self.lifecycle,
                 unreachable_budget=config.docker_unreachable_budget,
                 status=self.state.docker,
+                fanout=docker_events,
             )
         )
         if config.start_ecs_agent:
             await inner.start(
-                _in_task_scope("ecs-agent", run_ecs_agent, docker, image=config.ecs_agent_image)
+                _in_task_scope(
+                    "ecs-agent",
+                    run_ecs_agent,
+                    docker,
+                    events=docker_events,
+                    image=config.ecs_agent_image,
+                )
             )
         if heartbeats is not None:
             await inner.start(

@@ -10,6 +10,7 @@ import functools
 from collections.abc import AsyncIterator, Callable, Container, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -27,6 +28,7 @@ from fractal_hostd.docker.events import (
     _action,
     run_event_stream,
 )
+from fractal_hostd.docker.fanout import EventFanout
 from fractal_hostd.hoststate import DockerStatus
 from tests.docker_fixtures import EmptyStream, fake_client, fake_docker
 from tests.fakes.docker_engine import FakeDockerEngine
@@ -86,6 +88,7 @@ async def event_stream(
     *,
     unreachable_budget: float = 120.0,
     reconcile_interval: float = 300.0,
+    fanout: EventFanout | None = None,
 ) -> AsyncIterator[trio.Nursery]:
     async with trio.open_nursery() as nursery:
         await nursery.start(
@@ -96,6 +99,7 @@ async def event_stream(
                 status=status,
                 unreachable_budget=unreachable_budget,
                 reconcile_interval=reconcile_interval,
+                fanout=fanout,
             )
         )
         yield nursery
@@ -194,6 +198,59 @@ async def test_since_replay_duplicates_are_dropped(
         ("running", container),
         ("gone", container),
     ]
+
+
+def _published(channel: trio.MemoryReceiveChannel[dict[str, Any]]) -> Callable[[], list[str]]:
+    """ "action id" of each event received on `channel` so far (drains it at each call)."""
+    seen: list[str] = []
+
+    def so_far() -> list[str]:
+        while True:
+            try:
+                event = channel.receive_nowait()
+            except trio.WouldBlock:
+                return seen
+            seen.append(f"{event['Action']} {event['id']}")
+
+    return so_far
+
+
+async def test_each_handled_event_is_published_once_despite_the_replay(
+    fake_docker: FakeDockerEngine, fake_client: DockerClient, lifecycle: RecordingLifecycle
+) -> None:
+    fanout = EventFanout()
+    status = DockerStatus()
+    with trio.fail_after(10), fanout.subscribe("test", lambda event: True) as channel:
+        published = _published(channel)
+        async with event_stream(fake_client, lifecycle, status, fanout=fanout):
+            container = fake_docker.run("fhtest-published")
+            await wait_for(lambda: published() == [f"start {container}"])
+            fake_docker.drop_streams()  # the replay (since that start) repeats it
+            await wait_for(lambda: status.reconnects == 1)
+            fake_docker.kill(container)
+            await wait_for(lambda: len(published()) == 2)
+            await trio.sleep(0.05)
+        assert published() == [f"start {container}", f"die {container}"]
+
+
+async def test_a_reconnect_before_any_event_replays_since_the_first_subscription(
+    fake_docker: FakeDockerEngine, fake_client: DockerClient, lifecycle: RecordingLifecycle
+) -> None:
+    # The reconcile repairs the lifecycle whatever the `since`, but the subscribers have only
+    # the events: without a resume point the events of the gap would never reach them.
+    fanout = EventFanout()
+    status = DockerStatus()
+    with trio.fail_after(10), fanout.subscribe("test", lambda event: True) as channel:
+        published = _published(channel)
+        async with event_stream(fake_client, lifecycle, status, fanout=fanout):
+            await fake_docker.stop_listening()
+            await wait_for(lambda: not status.connected)
+            container = fake_docker.run("fhtest-gap", publish=False)
+            fake_docker.kill(container)
+            await fake_docker.start_listening()
+            await wait_for(lambda: len(published()) == 2)
+            assert status.reconnects == 1
+        assert published() == [f"start {container}", f"die {container}"]
 
 
 async def test_events_missed_while_silent_come_back_by_replay_after_a_drop(

@@ -5,17 +5,21 @@ real engine on /var/run/docker.sock (skipped with the reason when it does not an
 test image is missing); the busybox test image stands in for the agent image, with a
 command instead of the agent; containers are named `fhtest-ecs-agent-<random>` and removed
 afterwards; bind sources live under tmp_path; an absolute `trio.fail_after` bounds every I/O
-test.
+test. The watcher runs beside the Docker event stream it gets the deaths from (`watching`),
+with a lifecycle that ignores managed containers; the fake engine (tests/fakes/docker_engine.py)
+counts the `/events` subscriptions.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import logging
 import secrets
 import tempfile
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Container, Mapping, Sequence
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +27,10 @@ import httpx
 import pytest
 import trio
 
+from fractal_hostd.containers.info import ContainerInfo
 from fractal_hostd.docker.client import DockerClient, DockerNotFound
+from fractal_hostd.docker.events import run_event_stream
+from fractal_hostd.docker.fanout import EventFanout
 from fractal_hostd.ecs_agent import (
     FIXED_AGENT_ENV,
     AgentDeath,
@@ -33,13 +40,19 @@ from fractal_hostd.ecs_agent import (
     agent_container_body,
     agent_death,
     agent_environment,
+    is_death_of,
     parse_ecs_config,
     read_ecs_config,
     run_ecs_agent,
     start_ecs_agent,
 )
-from tests.docker_fixtures import EmptyStream
+from fractal_hostd.hoststate import DockerStatus
+from tests.docker_fixtures import fake_client, fake_docker
+from tests.fakes.docker_engine import FakeDockerEngine
 from tests.fakes.unix_proxy import running_unix_proxy
+from tests.service_harness import running_peers, running_service, service_env
+
+__all__ = ["fake_client", "fake_docker"]
 
 TEST_IMAGE = "fractal-hostd-test-busybox:latest"
 SLEEP = ["sleep", "300"]
@@ -189,6 +202,113 @@ def test_agent_death_reads_the_exit_code() -> None:
     assert agent_death(_die_event(None)) == AgentDeath(container_id="abc123", exit_code=None)
     assert agent_death(_die_event("137", action="start")) is None
     assert agent_death({"Type": "network", "Action": "die"}) is None
+
+
+def test_the_watcher_wants_only_deaths_of_its_container() -> None:
+    wanted = is_death_of("ecs-agent")
+    assert wanted(_die_event("1"))
+    assert not wanted(_die_event("1", action="start"))
+    assert not is_death_of("other")(_die_event("1"))
+    assert not wanted({"Type": "network", "Action": "die", "Actor": {"Attributes": {}}})
+    assert not wanted({"Type": "container", "Action": "die"})  # no Actor: not ours
+
+
+# --- the watcher beside the event stream ---------------------------------------------------
+
+
+class IgnoringLifecycle:
+    """The event stream's lifecycle doing nothing: these tests are about the agent."""
+
+    async def adopt(self, running: Sequence[ContainerInfo]) -> None:
+        pass
+
+    async def reconcile(
+        self, running: Sequence[ContainerInfo], *, leave_alone: Container[str] = frozenset()
+    ) -> None:
+        pass
+
+    async def on_running(self, info: ContainerInfo) -> None:
+        pass
+
+    async def on_gone(self, container_id: str) -> None:
+        pass
+
+    def known_host_ports(self) -> Mapping[str, int]:
+        return {}
+
+
+@asynccontextmanager
+async def watching(client: DockerClient, status: DockerStatus, **agent: Any) -> AsyncIterator[str]:
+    """The event stream and the agent watcher, wired as the supervisor wires them; yields
+    the agent's container id once both have started."""
+    fanout = EventFanout()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(
+            functools.partial(
+                run_event_stream,
+                client,
+                IgnoringLifecycle(),
+                unreachable_budget=60.0,
+                status=status,
+                fanout=fanout,
+            )
+        )
+        yield await nursery.start(functools.partial(run_ecs_agent, client, events=fanout, **agent))
+        nursery.cancel_scope.cancel()
+
+
+def _error_records(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [
+        r
+        for r in caplog.records
+        if r.name == "fractal_hostd.ecs_agent" and r.levelno == logging.ERROR
+    ]
+
+
+def _reported_exit_codes(caplog: pytest.LogCaptureFixture) -> list[int]:
+    return [r.exit_code for r in _error_records(caplog)]  # type: ignore[attr-defined]
+
+
+async def _wait_until(condition: Callable[[], bool]) -> None:
+    while not condition():
+        await trio.sleep(0.02)
+
+
+async def test_one_event_subscription_feeds_the_watcher_including_deaths_while_it_was_down(
+    fake_docker: FakeDockerEngine,
+    fake_client: DockerClient,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The agent already runs (a restart of the service): it is reused, so the stream has
+    # handled no event yet when it first drops.
+    agent = fake_docker.run("ecs-agent", image="amazon/amazon-ecs-agent:latest", publish=False)
+    status = DockerStatus()
+    caplog.set_level(logging.INFO)
+    with trio.fail_after(20):
+        async with watching(fake_client, status, image="amazon/amazon-ecs-agent:latest") as cid:
+            assert cid == agent
+            assert fake_docker.subscribers == 1  # one /events subscription, not one per task
+            await fake_docker.stop_listening()
+            await _wait_until(lambda: not status.connected)
+            fake_docker.kill(agent)  # dies while the stream is down
+            fake_docker.kill(fake_docker.run("fhtest-other", publish=False))  # not the agent
+            await fake_docker.start_listening()
+            await _wait_until(lambda: _reported_exit_codes(caplog) == [137])
+
+            # A second drop: the replay repeats that death, which is not reported twice; a
+            # death afterwards is.
+            fake_docker.drop_streams()
+            await _wait_until(lambda: status.reconnects == 2)
+            fake_docker.start(agent)
+            fake_docker.kill(agent, "TERM")
+            await _wait_until(lambda: len(_reported_exit_codes(caplog)) >= 2)
+            await trio.sleep(0.1)
+            assert fake_docker.subscribers == 1
+    assert _reported_exit_codes(caplog) == [137, 137]
+    assert [r.container_id for r in _error_records(caplog)] == [agent, agent]  # type: ignore[attr-defined]
+    assert _error_records(caplog)[0].getMessage() == (
+        "ECS agent container ecs-agent died with exit code 137"
+    )
 
 
 # --- real engine ---------------------------------------------------------------------------
@@ -347,6 +467,7 @@ async def test_run_fails_before_started_when_the_image_is_missing(
             await nursery.start(
                 lambda task_status: run_ecs_agent(
                     docker,
+                    events=EventFanout(),
                     image="fhtest-no-such-image:latest",
                     ecs_config_path=ecs_config,
                     container_name=agent_name,
@@ -378,20 +499,8 @@ async def test_run_reports_deaths_including_those_while_the_stream_was_down(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     data = tmp_path / "var/lib/ecs/data"
-
-    def records(level: int) -> list[logging.LogRecord]:
-        return [
-            r for r in caplog.records if r.name == "fractal_hostd.ecs_agent" and r.levelno == level
-        ]
-
-    def reported_exit_codes() -> list[int]:
-        return [r.exit_code for r in records(logging.ERROR)]  # type: ignore[attr-defined]
-
-    async def wait_until(condition: Callable[[], bool]) -> None:
-        while not condition():
-            await trio.sleep(0.02)
-
-    caplog.set_level(logging.DEBUG, logger="fractal_hostd.ecs_agent")
+    status = DockerStatus()
+    caplog.set_level(logging.INFO)
     # Not tmp_path: a unix socket path must stay under ~108 bytes.
     with (
         trio.fail_after(30),
@@ -401,67 +510,96 @@ async def test_run_reports_deaths_including_those_while_the_stream_was_down(
         async with (
             running_unix_proxy(proxy_path, docker.socket_path) as proxy,
             DockerClient(str(proxy_path)) as via_proxy,
-            trio.open_nursery() as nursery,
+            watching(
+                via_proxy,
+                status,
+                image=TEST_IMAGE,
+                ecs_config_path=ecs_config,
+                container_name=agent_name,
+                host_root=tmp_path,
+                command=DYING_TWICE,
+            ) as container_id,
         ):
-            container_id = await nursery.start(
-                lambda task_status: run_ecs_agent(
-                    via_proxy,
-                    image=TEST_IMAGE,
-                    ecs_config_path=ecs_config,
-                    container_name=agent_name,
-                    host_root=tmp_path,
-                    command=DYING_TWICE,
-                    task_status=task_status,
-                )
-            )
             assert (await docker.inspect_container(agent_name))["Id"] == container_id
 
             # Docker "goes away"; the agent dies meanwhile; the death is replayed afterwards.
             await proxy.stop_listening()
             (data / "die1").touch()
-            await wait_until(lambda: (data / "died1").exists())
+            await _wait_until(lambda: (data / "died1").exists())
             await proxy.start_listening()
-            await wait_until(lambda: reported_exit_codes() == [3])
+            await _wait_until(lambda: _reported_exit_codes(caplog) == [3])
 
             # A second drop: the replay (since the last event) repeats that death, which must
             # not be reported twice; a new death after the re-subscription is reported.
-            subscriptions = len(records(logging.DEBUG))
+            reconnects = status.reconnects
             proxy.cut()
-            await wait_until(lambda: len(records(logging.DEBUG)) > subscriptions)
+            await _wait_until(lambda: status.reconnects > reconnects)
             (data / "die2").touch()
-            await wait_until(lambda: len(reported_exit_codes()) >= 2)
-            nursery.cancel_scope.cancel()
-    assert reported_exit_codes() == [3, 4]
-    assert "subscribing again" in caplog.text
+            await _wait_until(lambda: len(_reported_exit_codes(caplog)) >= 2)
+    assert _reported_exit_codes(caplog) == [3, 4]
+    assert status.reconnects >= 2
 
 
-async def test_a_stream_that_ends_at_once_is_resubscribed_with_growing_backoff(
-    autojump_clock: trio.testing.MockClock,
+async def test_the_watcher_opens_no_event_stream_of_its_own(
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
-    # dockerd answers everything, the agent runs, but every `/events` response ends at once.
-    subscriptions: list[float] = []
+    # dockerd answers everything and the agent runs; the deaths come from the fan-out only.
+    requests: list[str] = []
 
     def handler(request: httpx.Request) -> httpx.Response:
-        if request.url.path.endswith("/events"):
-            subscriptions.append(trio.current_time())
-            return httpx.Response(200, stream=EmptyStream())
+        requests.append(request.url.path)
         running = {"Id": "agent-id", "State": {"Status": "running"}, "Config": {"Image": "x"}}
         return httpx.Response(200, json=running)
 
-    async with (
-        DockerClient("/unused", transport=httpx.MockTransport(handler)) as client,
-        trio.open_nursery() as nursery,
-    ):
-        await nursery.start(functools.partial(run_ecs_agent, client, image="x"))
-        await trio.sleep(120)
-        nursery.cancel_scope.cancel()
-    # Backoff 0.5 s doubling to its 30 s cap: about a dozen subscriptions in two minutes (40
-    # would need the jitter ~8 standard deviations low), not one every ~0.25 s (~500) as when
-    # every subscription reset the backoff.
-    assert 4 <= len(subscriptions) <= 40
+    fanout = EventFanout()
+    caplog.set_level(logging.INFO)
+    with trio.fail_after(10):
+        async with (
+            DockerClient("/unused", transport=httpx.MockTransport(handler)) as client,
+            trio.open_nursery() as nursery,
+        ):
+            assert (
+                await nursery.start(
+                    functools.partial(run_ecs_agent, client, events=fanout, image="x")
+                )
+                == "agent-id"
+            )
+            assert fanout.subscribers == 1
+            fanout.publish(
+                _die_event("1", time_nano=1)
+                | {"Actor": {"ID": "other", "Attributes": {"name": "other"}}}
+            )
+            fanout.publish(_die_event("2", time_nano=2))
+            await _wait_until(lambda: _reported_exit_codes(caplog) == [2])
+            nursery.cancel_scope.cancel()
+    assert not [path for path in requests if path.endswith("/events")]
+    assert fanout.subscribers == 0
 
 
 async def test_docker_unreachable_before_the_start_is_a_fatal_agent_error(tmp_path: Path) -> None:
     async with DockerClient(str(tmp_path / "no-docker.sock")) as client:
         with trio.fail_after(10), pytest.raises(EcsAgentError, match="could not start the ECS"):
-            await run_ecs_agent(client, image="amazon/amazon-ecs-agent:latest")
+            await run_ecs_agent(
+                client, events=EventFanout(), image="amazon/amazon-ecs-agent:latest"
+            )
+
+
+async def test_the_service_with_the_ecs_agent_has_one_event_subscription(tmp_path: Path) -> None:
+    # The whole service (a subprocess) against the fakes, the ECS agent on: one `/events`
+    # subscription at the engine, and the agent's death still reported (log and Sentry).
+    async with running_peers(tmp_path) as peers:
+        env = service_env(tmp_path, peers, FRACTAL_START_ECS_AGENT="1")
+        async with running_service(tmp_path, env) as service:
+            with trio.fail_after(60):
+                await peers.webserver.wait_for_heartbeats(1)  # started: the agent runs
+                [agent] = [c.id for c in peers.docker.containers.values() if c.name == "ecs-agent"]
+                assert peers.docker.containers[agent].running
+                assert peers.docker.subscribers == 1
+                peers.docker.kill(agent)
+                events = await peers.sentry.wait_for_events(1)
+                assert peers.docker.subscribers == 1
+                service.send_signal()
+                assert await service.wait() == 0
+        logs = service.logs()
+    assert "ECS agent container ecs-agent died with exit code 137" in logs
+    assert "ECS agent container ecs-agent died with exit code 137" in json.dumps(events)

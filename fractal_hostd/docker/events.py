@@ -26,6 +26,11 @@ Design (see docs/docker.md for the long version):
   listing: only entries that would change something are confirmed by (bounded, concurrent)
   inspects. Paused containers are live (contract §2): the listing has no status filter.
 * An event is recorded as handled (the `since` resume point) only once it has been handled.
+  Then it is published to the other tasks that subscribed to events (`fanout.EventFanout`:
+  the ECS-agent watcher), so they get each event once, in order, with this stream's replay
+  and without a subscription of their own. Before any event was handled, a reconnect resumes
+  `since` the first subscription, so events of the gap still come (the reconcile repairs the
+  lifecycle, but not what the subscribers are told).
 
 Docker errors about one container (an inspect answered 500/409) never end the session.
 dockerd unusable (unreachable, or answering errors to `/events` or the start-up listing) for
@@ -37,6 +42,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Callable, Container, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, NoReturn, Protocol
@@ -53,7 +59,8 @@ from fractal_hostd.docker.client import (
     DockerTimeout,
     DockerUnreachable,
 )
-from fractal_hostd.docker.cursor import EventCursor
+from fractal_hostd.docker.cursor import EventCursor, format_since
+from fractal_hostd.docker.fanout import EventFanout
 from fractal_hostd.hoststate import DockerStatus
 
 logger = logging.getLogger(__name__)
@@ -279,13 +286,17 @@ class _EventStream:
         status: DockerStatus,
         reconcile_interval: float,
         reconcile_jitter: float,
+        fanout: EventFanout | None,
     ) -> None:
         self.client = client
+        self.fanout = fanout
         self.lifecycle = lifecycle
         self.status = status
         self.reconcile_interval = reconcile_interval
         self.reconcile_jitter = reconcile_jitter
         self.cursor = EventCursor()
+        # Where a reconnect resumes before any event was handled: the first subscription.
+        self.first_since: str | None = None
         self.adopted = False
         self.next_reconcile = math.inf  # set when a connection becomes ready
         self.periodic_failure: DockerUnreachable | None = None
@@ -301,8 +312,13 @@ class _EventStream:
         reader = _Reader()
         failure: DockerUnreachable | DockerError | None = None
         self.periodic_failure = None
+        if self.adopted:
+            since = self.cursor.since or self.first_since
+        else:  # the subscription that adopts: it starts now, the listing covers the past
+            since = None
+            self.first_since = format_since(time.time_ns())
         async with (
-            self.client.events(filters=CONTAINER_EVENTS, since=self.cursor.since) as stream,
+            self.client.events(filters=CONTAINER_EVENTS, since=since) as stream,
             trio.open_nursery() as nursery,
         ):
             nursery.start_soon(reader.run, stream, send)
@@ -433,7 +449,10 @@ class _EventStream:
             await self._apply(container_id, action, stale=stale, event=event)
             self.status.event_processed(event)
         # Only now: an event whose handling was cut short by a lost dockerd (the raise
-        # above) stays after the resume point and comes back in the `since` replay.
+        # above) stays after the resume point and comes back in the `since` replay; and it
+        # is published only once, when handled.
+        if self.fanout is not None:
+            self.fanout.publish(event)
         self.cursor.record(event)
 
     async def _apply(
@@ -485,11 +504,13 @@ async def run_event_stream(
     reconcile_jitter: float = 30.0,
     status: DockerStatus,
     backoff: Backoff | None = None,
+    fanout: EventFanout | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> NoReturn:
     """Run forever (until cancelled); `task_status.started()` after the first subscribe +
-    adopt. Raises DockerUnreachableFatal when dockerd stays unusable beyond the budget."""
-    stream = _EventStream(client, lifecycle, status, reconcile_interval, reconcile_jitter)
+    adopt. Raises DockerUnreachableFatal when dockerd stays unusable beyond the budget.
+    Each handled event is then published to `fanout`'s subscribers."""
+    stream = _EventStream(client, lifecycle, status, reconcile_interval, reconcile_jitter, fanout)
     backoff = backoff or Backoff()
     started = False
     down_since: float | None = None  # when dockerd last became unusable
