@@ -442,6 +442,35 @@ async def test_a_wedged_dockerd_is_noticed_by_the_periodic_reconcile_and_is_fata
     assert 270 + 10 + 60 <= trio.current_time() <= 330 + 10 + 60 + 1
 
 
+async def test_a_dockerd_that_comes_back_wedged_is_fatal_at_the_budget_not_later(
+    fake_docker: FakeDockerEngine,
+    fake_client: DockerClient,
+    lifecycle: RecordingLifecycle,
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # Refused first (the budget starts), then it listens again but never answers: an attempt
+    # hanging on its request timeout must not carry the fatal verdict past the budget.
+    await fake_docker.stop_listening()
+    fake_docker.hang = True
+    with (
+        trio.fail_after(100),
+        pytest.RaisesGroup(DockerUnreachableFatal, flatten_subgroups=True),
+    ):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(
+                functools.partial(
+                    run_event_stream,
+                    fake_client,
+                    lifecycle,
+                    unreachable_budget=30.0,
+                    status=DockerStatus(),
+                )
+            )
+            await trio.sleep(1)
+            await fake_docker.start_listening()
+    assert trio.current_time() == pytest.approx(30.0, abs=0.01)
+
+
 async def test_unreachable_at_start_up_is_fatal_after_the_budget(
     fake_docker: FakeDockerEngine,
     fake_client: DockerClient,

@@ -516,8 +516,12 @@ async def run_event_stream(
     down_since: float | None = None  # when dockerd last became unusable
     ready_at: float | None = None  # when the current connection became ready
 
+    attempt = trio.CancelScope()
+    error: BaseException | None = None  # the last failure, for the log and the fatal error
+
     def on_ready() -> None:
         nonlocal started, ready_at
+        attempt.deadline = math.inf  # a working session is never cut by the budget
         status.connected = True
         ready_at = trio.current_time()
         if not started:
@@ -528,10 +532,19 @@ async def run_event_stream(
             logger.info("Docker event stream reconnected")
 
     while True:
-        try:
-            await stream.session(on_ready)
-        except (DockerUnreachable, DockerError) as exc:
-            error = exc
+        # While dockerd is down, an attempt that hangs (a wedged engine) must not carry the
+        # fatal verdict past the budget: the attempt ends with it.
+        attempt = trio.CancelScope(
+            deadline=math.inf if down_since is None else down_since + unreachable_budget
+        )
+        with attempt:
+            try:
+                await stream.session(on_ready)
+            except (DockerUnreachable, DockerError) as exc:
+                error = exc
+        if attempt.cancelled_caught and error is None:
+            error = DockerUnreachable("no answer within the unreachable budget")
+        assert error is not None
         was_ready = status.connected
         status.connected = False
         now = trio.current_time()
