@@ -8,10 +8,13 @@ PYTEST_ARGS ?=
 
 .PHONY: install system-deps docker test-image run runstaging runprod test lint format bench clean
 
+# Not -q: a first install takes about a minute, and silence that long looks like a hang.
 $(STAMP): pyproject.toml
-	@$(PY) -c 'import sys; assert sys.version_info >= (3, 11)' 2>/dev/null || { rm -rf $(VENV); python3 -m venv $(VENV); }
-	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
+	@$(PY) -c 'import sys; assert sys.version_info >= (3, 11)' 2>/dev/null || { echo "==> creating $(VENV)"; rm -rf $(VENV); python3 -m venv $(VENV); }
+	@echo "==> installing fractal-hostd and its dev tools into $(VENV) (first time: about a minute)"
+	set -o pipefail; $(PY) -m pip install --disable-pip-version-check -e '.[dev]' 2>&1 | { grep --line-buffered -E '^(Collecting|Installing|Successfully|ERROR)' || true; }
 	@touch $(STAMP)
+	@echo "==> $(VENV) ready"
 
 ## install: the Python virtualenv with the service and its dev tools
 install: $(STAMP)
@@ -30,6 +33,7 @@ test-image: docker
 
 ## run: the service in localdev (no webserver, static metadata, API on 127.0.0.1:4678)
 run: install docker
+	@echo "==> starting fractal-hostd (localdev) on https://127.0.0.1:4678; Ctrl-C stops it"
 	APP_ENV=localdev $(VENV)/bin/fractal-hostd run
 
 runstaging: install docker

@@ -2,7 +2,8 @@
 
 Each check is a small function returning `CheckResult`s; `check_main` prints them. Failures
 count towards the exit code; warnings (things the service survives without, such as rclone
-for cloud storage) are shown but do not.
+for cloud storage) are shown but do not. Every failure and warning carries its remedy, printed
+on the line below it: the operator reading the report should not have to look it up.
 """
 
 from __future__ import annotations
@@ -20,8 +21,20 @@ from fractal_hostd import instance_lock
 from fractal_hostd.cloud_storage_check import check_prerequisites as cloud_storage_prerequisites
 from fractal_hostd.config import Config
 from fractal_hostd.docker.client import DockerClient, DockerError, DockerUnreachable
+from fractal_hostd.portholder import describe_port_holder, listening_inodes
 
 DOCKER_CHECK_TIMEOUT = 5.0
+_DOCKER_REMEDY = (
+    "start Docker (`make docker`, or `systemctl start docker`), or set DOCKER_HOST to the "
+    "socket it answers on"
+)
+_DIR_VARIABLES = {"root dir": "FRACTAL_ROOT", "private dir": "FRACTAL_PRIVATE_DIR"}
+_CLOUD_STORAGE_REMEDIES = {
+    "rclone": "apt-get install rclone (cloud storage mounts need it)",
+    "fusermount": "apt-get install fuse3",
+    "/dev/fuse": "load the fuse module (modprobe fuse), or give the container /dev/fuse",
+    "allow_other": "run as root, or add user_allow_other to /etc/fuse.conf",
+}
 
 
 @dataclass(frozen=True)
@@ -29,6 +42,7 @@ class CheckResult:
     name: str
     status: str  # "ok", "warn" or "fail"
     detail: str
+    remedy: str = ""  # what to do about a warning or a failure
 
 
 def check_config(config: Config) -> list[CheckResult]:
@@ -50,9 +64,17 @@ def check_root(config: Config, euid: int) -> CheckResult:
     if euid == 0:
         return CheckResult("root", "ok", "running as root")
     if config.is_localdev:
-        return CheckResult("root", "warn", f"running as uid {euid}; required outside localdev")
+        return CheckResult(
+            "root",
+            "warn",
+            f"running as uid {euid}; required outside localdev",
+            "run it as root (sudo, or the systemd unit) before leaving localdev",
+        )
     return CheckResult(
-        "root", "fail", f"running as uid {euid}; APP_ENV={config.app_env.value} requires root"
+        "root",
+        "fail",
+        f"running as uid {euid}; APP_ENV={config.app_env.value} requires root",
+        "run it as root: `sudo fractal-hostd ...` or `systemctl start fractal-hostd`",
     )
 
 
@@ -61,13 +83,25 @@ def check_writable_dir(name: str, path: Path) -> CheckResult:
     existing = path
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
+    variable = _DIR_VARIABLES.get(name, "its variable")
     if not existing.is_dir():
-        return CheckResult(name, "fail", f"{existing} is not a directory")
+        return CheckResult(
+            name,
+            "fail",
+            f"{existing} is not a directory",
+            f"move {existing} out of the way, or point {variable} elsewhere",
+        )
     try:
         with tempfile.TemporaryFile(dir=existing):
             pass
     except OSError as exc:
-        return CheckResult(name, "fail", f"{existing} is not writable: {exc.strerror}")
+        return CheckResult(
+            name,
+            "fail",
+            f"{existing} is not writable: {exc.strerror}",
+            f"run as root, free space or remount {existing} read-write, or point {variable} "
+            "at a writable directory",
+        )
     where = "exists" if existing == path else f"will be created under {existing}"
     return CheckResult(name, "ok", f"{path} writable ({where})")
 
@@ -93,10 +127,13 @@ async def check_docker(socket_path: Path) -> CheckResult:
             version = await client.version()
         if scope.cancelled_caught:
             return CheckResult(
-                "docker", "fail", f"no answer on {socket_path} within {DOCKER_CHECK_TIMEOUT:g} s"
+                "docker",
+                "fail",
+                f"no answer on {socket_path} within {DOCKER_CHECK_TIMEOUT:g} s",
+                _DOCKER_REMEDY,
             )
     except (DockerUnreachable, DockerError) as exc:
-        return CheckResult("docker", "fail", f"{socket_path}: {exc}")
+        return CheckResult("docker", "fail", f"{socket_path}: {exc}", _DOCKER_REMEDY)
     finally:
         await client.aclose()
     return CheckResult(
@@ -107,9 +144,30 @@ async def check_docker(socket_path: Path) -> CheckResult:
     )
 
 
+def check_api_port(config: Config) -> CheckResult:
+    """Whether something already listens where the API will (port 0: any free port)."""
+    if config.api_port == 0:
+        return CheckResult("api port", "ok", "port 0: any free port is taken at start-up")
+    inodes = listening_inodes(config.api_port, config.api_host)
+    if not inodes:
+        return CheckResult("api port", "ok", f"{config.api_port} is free")
+    return CheckResult(
+        "api port",
+        "fail",
+        f"{config.api_port} is in use, {describe_port_holder(config.api_port)}",
+        "stop that process (`systemctl stop fractal-hostd` if it is a running service), or "
+        "choose another port with FRACTAL_API_BIND / --api-bind",
+    )
+
+
 def check_cloud_storage() -> list[CheckResult]:
     return [
-        CheckResult(name, "ok" if usable else "warn", detail)
+        CheckResult(
+            name,
+            "ok" if usable else "warn",
+            detail,
+            "" if usable else _CLOUD_STORAGE_REMEDIES.get(name, "see docs/cloud-storage.md"),
+        )
         for name, usable, detail in cloud_storage_prerequisites()
     ]
 
@@ -120,6 +178,7 @@ def run_checks(config: Config) -> list[CheckResult]:
     results.append(check_instance(config))
     results.append(check_writable_dir("root dir", config.root))
     results.append(check_writable_dir("private dir", config.private_dir))
+    results.append(check_api_port(config))
     results.append(trio.run(check_docker, config.docker_socket))
     results.extend(check_cloud_storage())
     return results
@@ -129,6 +188,8 @@ def print_report(results: list[CheckResult], out: TextIO) -> None:
     width = max(len(r.name) for r in results)
     for result in results:
         print(f"{result.status.upper():<4}  {result.name:<{width}}  {result.detail}", file=out)
+        if result.status != "ok" and result.remedy:
+            print(f"{'':<4}  {'':<{width}}  → {result.remedy}", file=out)
     failed = sum(r.status == "fail" for r in results)
     print(f"\n{'ready' if not failed else f'{failed} check(s) failed'}", file=out)
 

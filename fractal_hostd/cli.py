@@ -1,4 +1,4 @@
-"""`fractal-hostd run | check | status`: the entry point systemd and operators use.
+"""`fractal-hostd run | check | status | drain`: the entry point systemd and operators use.
 
 Flags of `run` mirror the environment variables of contract §1 one to one (`--heartbeat-interval`
 is FRACTAL_HEARTBEAT_INTERVAL); a flag wins over the variable. A configuration error prints one
@@ -55,6 +55,37 @@ _FLAGS: tuple[tuple[str, str, str], ...] = (
 )
 
 
+# What each variable defaults to, for --help (config.py is the authority; a test keeps the
+# two in step for every value that does not depend on APP_ENV).
+_DEFAULTS: dict[str, str] = {
+    "APP_ENV": "localdev",
+    "FRACTAL_ROOT": "/fractal",
+    "FRACTAL_PRIVATE_DIR": "/fractalprivate",
+    "DOCKER_HOST": "unix:///var/run/docker.sock",
+    "FRACTAL_API_BIND": "0.0.0.0:4678; 127.0.0.1:4678 in localdev",
+    "FRACTAL_WEBSERVER_URL": "per APP_ENV; '' in localdev",
+    "FRACTAL_IMDS_URL": "http://169.254.169.254; off in localdev",
+    "USE_PROD_SENTRY": "off",
+    "FRACTAL_HEARTBEAT_INTERVAL": "60",
+    "FRACTAL_HEARTBEAT_JITTER": "5",
+    "FRACTAL_SPOT_POLL_INTERVAL": "5",
+    "FRACTAL_DOCKER_UNREACHABLE_BUDGET": "120",
+    "FRACTAL_HANDSHAKE_TIMEOUT": "60",
+    "FRACTAL_CONTAINER_WAIT": "10",
+    "FRACTAL_START_ECS_AGENT": "on in staging/prod, off otherwise",
+    "FRACTAL_ECS_AGENT_IMAGE": "amazon/amazon-ecs-agent:latest",
+    "FRACTAL_SHUTDOWN_REPORT_TIMEOUT": "5",
+    "FRACTAL_LOG_FORMAT": "console in localdev, json otherwise",
+    "FRACTAL_LOG_LEVEL": "info",
+}
+# `status` and `drain` only need to find the running service's API and secret.
+_LOCATOR_FLAGS = ("--app-env", "--private-dir", "--api-bind")
+
+
+def _flag_help(text: str, variable: str) -> str:
+    return f"{text} (default: {_DEFAULTS[variable]}) [env {variable}]"
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fractal-hostd", description="Host agent of Fractal cloud GPU hosts."
@@ -67,11 +98,20 @@ def _parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check", help="validate configuration and prerequisites")
     for sub in (run, check):
         for flag, variable, text in _FLAGS:
-            sub.add_argument(flag, dest=variable, metavar="VALUE", help=f"{text} [{variable}]")
+            sub.add_argument(flag, dest=variable, metavar="VALUE", help=_flag_help(text, variable))
     status = commands.add_parser("status", help="show the running service's state")
-    status.add_argument("--api-bind", dest="FRACTAL_API_BIND", metavar="VALUE")
-    status.add_argument("--private-dir", dest="FRACTAL_PRIVATE_DIR", metavar="VALUE")
-    status.add_argument("--app-env", dest="APP_ENV", metavar="VALUE")
+    drain = commands.add_parser(
+        "drain", help="make the host drain as on a spot notice (POST /drain; idempotent)"
+    )
+    drain.add_argument(
+        "--reason", metavar="TEXT", help="why, shown by /status (default: none given)"
+    )
+    for sub in (status, drain):
+        for flag, variable, text in _FLAGS:
+            if flag in _LOCATOR_FLAGS:
+                sub.add_argument(
+                    flag, dest=variable, metavar="VALUE", help=_flag_help(text, variable)
+                )
     return parser
 
 
@@ -100,9 +140,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         from fractal_hostd.checks import check_main
 
         return check_main(config)
-    from fractal_hostd.status_cli import status_main
+    from fractal_hostd.status_cli import drain_main, status_main
 
     url, secret = _local_api(config)
+    if args.command == "drain":
+        return drain_main(url=url, secret=secret, reason=args.reason)
     return status_main(url=url, secret=secret)
 
 

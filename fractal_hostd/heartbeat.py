@@ -124,10 +124,15 @@ class Heartbeats:
             self._next_number = number + 1
             sent_at = self._now()
             payload = self._payload(number, sent_at, dying_reason)
+            started = trio.current_time()
             ok = await self._client.send_heartbeat(payload)
             self._one_completed = True
             self._state.last_heartbeat = HeartbeatRecord(
-                number=number, sent_at=sent_at, ok=ok, dying=dying_reason is not None
+                number=number,
+                sent_at=sent_at,
+                ok=ok,
+                dying=dying_reason is not None,
+                round_trip_seconds=trio.current_time() - started,
             )
             if self._on_result is not None:
                 self._on_result(ok)

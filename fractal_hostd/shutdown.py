@@ -145,7 +145,9 @@ class ShutdownReport:
         log(
             "shutting down: %s",
             cause.reason,
-            exc_info=cause.error,  # the traceback in the journal too, not only in Sentry
+            # The traceback in the journal too, not only in Sentry (unless the error is the
+            # operator's to fix and says how: `show_traceback = False`).
+            exc_info=cause.error if getattr(cause.error, "show_traceback", True) else None,
             extra={"shutdown_kind": cause.kind, NO_SENTRY_EVENT: True},
         )
         with trio.move_on_after(self._timeout, shield=True) as budget:

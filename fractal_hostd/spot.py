@@ -6,11 +6,12 @@ Every `interval` seconds (AWS recommends 5) it reads, in this order,
 - `events/recommendations/rebalance`: 404 until EC2 recommends it, then `{"noticeTime": "..."}`.
 Spot comes first so that when both are present the more urgent notice is the drain reason.
 
-The first notice puts the host into draining (HostState.start_draining) and awaits
-`on_drain(notice)` once; the supervisor wires that to an immediate heartbeat (IsDraining is
-news for the webserver) and a Sentry warning. Polling goes on afterwards, because a rebalance
-recommendation may later be followed by an interruption notice with a deadline: every new
-distinct notice is logged as a warning, but draining is entered and `on_drain` called only once.
+The first notice puts the host into draining and awaits `on_drain(notice)` once
+(`enter_draining`, the same path an operator's `POST /drain` takes); the supervisor wires
+that to an immediate heartbeat (IsDraining is news for the webserver) and a Sentry warning.
+Polling goes on afterwards, because a rebalance recommendation may later be followed by an
+interruption notice with a deadline: every new distinct notice is logged as a warning, but
+draining is entered and `on_drain` called only once.
 
 IMDS failures while polling are survived: the first one is logged at once, then at most one
 summary per `error_log_interval` (a poll every 5 s would otherwise flood the log), and the
@@ -22,11 +23,11 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-from collections.abc import Awaitable, Callable
 from typing import Any, NoReturn
 
 import trio
 
+from fractal_hostd.hoststate import DrainHook as DrainHook  # re-exported for the supervisor
 from fractal_hostd.hoststate import DrainNotice, HostState
 from fractal_hostd.imds import ImdsClient, ImdsError
 
@@ -35,7 +36,14 @@ logger = logging.getLogger(__name__)
 SPOT_PATH = "spot/instance-action"
 REBALANCE_PATH = "events/recommendations/rebalance"
 
-DrainHook = Callable[[DrainNotice], Awaitable[None]]
+
+async def enter_draining(state: HostState, notice: DrainNotice, on_drain: DrainHook | None) -> bool:
+    """The one way into draining, for a metadata notice and an operator alike: the first call
+    sets the state and awaits `on_drain(notice)`; later calls change nothing and return False."""
+    entered = state.start_draining(notice)
+    if entered and on_drain is not None:
+        await on_drain(notice)
+    return entered
 
 
 class MalformedNotice(Exception):
@@ -137,7 +145,7 @@ async def run_spot_poller(
             if key in seen:
                 continue
             seen.add(key)
-            entered = state.start_draining(notice)
+            entered = state.draining is None
             logger.warning(
                 "EC2 %s notice: action=%s time=%s%s",
                 notice.kind,
@@ -150,6 +158,5 @@ async def run_spot_poller(
                     "notice_time": notice.time,
                 },
             )
-            if entered:
-                await on_drain(notice)
+            await enter_draining(state, notice, on_drain)
         await trio.sleep(interval)

@@ -18,6 +18,7 @@ the outer nursery closes. Start-up runs inside the inner nursery's body, step by
 from __future__ import annotations
 
 import contextlib
+import errno
 import faulthandler
 import functools
 import gc
@@ -46,6 +47,7 @@ from fractal_hostd.hoststate import DrainNotice, HostState, InstanceMetadata
 from fractal_hostd.imds import LOCAL_METADATA, ImdsClient, MetadataUnavailable, fetch_metadata
 from fractal_hostd.logs import register_secret, setup_logging
 from fractal_hostd.metrics import Metrics
+from fractal_hostd.portholder import describe_port_holder
 from fractal_hostd.rclone_cache import default_cache_root
 from fractal_hostd.secrets import ensure_private_dir, load_or_create_auth_secret
 from fractal_hostd.shutdown import ShutdownCause, ShutdownReport
@@ -59,6 +61,8 @@ logger = logging.getLogger(__name__)
 
 class ApiUnavailable(Exception):
     """The HTTPS API cannot listen where it is configured to."""
+
+    show_traceback = False  # the operator's to fix; the message says what (shutdown.py)
 
 
 # Conditions that end the service on purpose; anything else escaping a child is a crash.
@@ -300,6 +304,7 @@ class Service:
             )
             self.report.arm_dying_heartbeat(heartbeats.send_dying)
 
+        self.state.drain_hook = self._drain_hook(heartbeats)  # POST /drain takes the spot path
         await self._serve_api(outer, metadata)
         await self.cloud_storage.remove_leftovers()
         docker_events = EventFanout()  # the one /events subscription, shared with the ECS task
@@ -350,6 +355,7 @@ class Service:
         # Everything allocated so far lives as long as the process: keep it out of the
         # collector's full passes, which otherwise stall the loop for 12-20 ms (bench/).
         gc.freeze()
+        self.state.mark_started()
         sdnotify.ready()
         logger.info(
             "ready",
@@ -397,6 +403,9 @@ class Service:
             while isinstance(error, BaseExceptionGroup):
                 error = error.exceptions[0]
             reason = error.strerror if isinstance(error, OSError) and error.strerror else error
+            if isinstance(error, OSError) and error.errno == errno.EADDRINUSE:
+                holder = describe_port_holder(config.api_port)
+                reason = f"{reason}, {holder}; stop it or choose another port"
             raise ApiUnavailable(
                 f"cannot serve the API on FRACTAL_API_BIND={config.api_bind}: {reason}"
             ) from error
@@ -405,14 +414,15 @@ class Service:
         logger.info("HTTPS API serving", extra={"url": url})
 
     def _count_heartbeat(self, ok: bool) -> None:
-        self.metrics.heartbeats.labels(result="ok" if ok else "failed").inc()
+        self.metrics.heartbeat_sent(self.state.last_heartbeat)  # counts, round trip, last ok
 
     def _drain_hook(self, heartbeats: Heartbeats | None) -> DrainHook:
         async def on_drain(notice: DrainNotice) -> None:
             telemetry.capture_warning(
                 "host is draining", kind=notice.kind, action=notice.action, time=notice.time
             )
-            if heartbeats is not None:
+            # Before heartbeat 0 nothing is sent now: heartbeat 0 then carries IsDraining.
+            if heartbeats is not None and heartbeats.next_number > 0:
                 await heartbeats.send_now()
 
         return on_drain

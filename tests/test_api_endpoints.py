@@ -301,7 +301,7 @@ async def test_mount_for_an_unknown_port_is_406(
 async def test_health_needs_no_auth(client: Client) -> None:
     answer = await client.get("/health")
     assert answer.status_code == 200
-    assert await _json(answer) == {"status": "ok"}
+    assert (await _json(answer))["status"] == "ok"
 
 
 async def test_status_reports_state_and_containers(api: Api, client: Client) -> None:
@@ -330,7 +330,15 @@ async def test_status_reports_state_and_containers(api: Api, client: Client) -> 
     assert status["api_url"] == "https://127.0.0.1:4678"
     assert status["metadata"]["instance_id"] == "i-1"
     assert status["draining"] is None
-    assert status["docker"] == {"connected": True, "events_processed": 12, "reconnects": 0}
+    assert status["docker"] == {
+        "connected": True,
+        "events_processed": 12,
+        "reconnects": 0,
+        "last_event_lag_seconds": None,
+        "last_reconcile_at": None,
+        "last_reconcile_duration_seconds": None,
+        "reconcile_failures": 0,
+    }
     assert [c["host_port"] for c in status["containers"]] == [PORT, PORT + 1]
     assert status["containers"][0]["tty"] == 11
     assert status["free_ttys"] == 54 - 2
@@ -351,6 +359,7 @@ async def test_status_shows_draining(api: Api, client: Client) -> None:
         "action": None,
         "time": "t",
         "seen_at": seen.isoformat(),
+        "reason": None,
     }
 
 
@@ -381,7 +390,7 @@ async def test_every_authenticated_endpoint_refuses_without_credentials(
     [
         ({"dpi": 96}, "host_port"),
         ({"host_port": "40000", "dpi": 96}, "host_port"),
-        ({"host_port": 40000.0, "dpi": 96}, "host_port"),
+        ({"host_port": 40000.5, "dpi": 96}, "host_port"),
         ({"host_port": True, "dpi": 96}, "host_port"),
         ({"host_port": 0, "dpi": 96}, "host_port"),
         ({"host_port": 65536, "dpi": 96}, "host_port"),

@@ -78,8 +78,11 @@ async def _fresh(tmp_path: Path) -> Api:
 
 
 async def _check(api: Api, response: Any) -> None:
-    assert response.status_code < 500, await response.get_data()
     data = await response.get_data()
+    if response.status_code == 503:  # GET /ready's documented "not ready" (HEAD: no body)
+        assert not data or json.loads(data)["failing"], data
+    else:
+        assert response.status_code < 500, data
     if response.status_code == 200 and response.mimetype == "text/plain":
         return
     if data:
@@ -133,9 +136,11 @@ async def test_raw_bodies_and_headers_never_5xx_nor_change_state(
         assert snapshot(api) == before
 
 
+# A path starting "//" would make the test client read what follows as a host name (and fail
+# on it with UnicodeError before any request is made): such paths keep a first segment.
 url_path_chars = st.text(
     alphabet="abcdefghijklmnopqrstuvwxyz0123456789-._~%/:@!$&'()*+,;=", max_size=60
-)
+).map(lambda path: "x" + path if path.startswith("/") else path)
 
 
 @FUZZ

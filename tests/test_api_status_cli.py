@@ -36,6 +36,7 @@ async def test_prints_the_status_table(tmp_path: Path, capsys: pytest.CaptureFix
     assert code == 0
     assert "fractal-hostd 9.9.9 (localdev)" in out
     assert "draining:       no" in out
+    assert "ready:          NO: startup, docker, reconcile" in out
     assert "containers:     2" in out
     table = [line.split() for line in out.splitlines() if line.startswith(record.id[:12])]
     assert table == [[record.id[:12], "40000", "10", "96", "yes", "dropbox"]]
@@ -51,12 +52,31 @@ def test_unreachable_api_is_one_line_and_exit_1(capsys: pytest.CaptureFixture[st
     # Nothing listens on the port now: connection refused.
     assert status_main(url=f"https://127.0.0.1:{port}", secret=SECRET) == 1
     err = capsys.readouterr().err
-    assert err.startswith("fractal-hostd status: cannot reach the API")
+    assert err.startswith("fractal-hostd status: fractal-hostd is not running")
     assert len(err.strip().splitlines()) == 1
 
 
-def test_missing_secret_is_exit_1(capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_stopped_service_is_named_with_how_to_start_it(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # A stopped service has removed its private directory: no secret and nothing listening.
     assert status_main(url="https://127.0.0.1:1", secret="") == 1
+    err = capsys.readouterr().err
+    assert err.startswith("fractal-hostd status: fractal-hostd is not running")
+    assert "systemctl start fractal-hostd" in err
+    assert "secret" not in err
+    assert len(err.strip().splitlines()) == 1
+
+
+async def test_missing_secret_of_a_running_service_is_exit_1(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with trio.fail_after(TIMEOUT):
+        async with running_api(tmp_path) as running:
+            code = await trio.to_thread.run_sync(
+                functools.partial(status_main, url=running.url, secret="")
+            )
+    assert code == 1
     assert "no API secret found" in capsys.readouterr().err
 
 

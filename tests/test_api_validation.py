@@ -9,6 +9,7 @@ import pytest
 from fractal_hostd.api.validation import (
     InvalidInput,
     parse_dpi_request,
+    parse_drain_request,
     parse_json_object,
     parse_mount_request,
     parse_start_values_request,
@@ -37,10 +38,41 @@ def test_json_object_parses_and_keeps_unknown_fields() -> None:
     assert parse_json_object(b'{"a": 1, "b": [true]}') == {"a": 1, "b": [True]}
 
 
-@pytest.mark.parametrize("value", [True, False, 96.0, "96", None, [96], {"v": 96}, 10**30])
+@pytest.mark.parametrize(
+    "value", [True, False, 96.5, float("inf"), "96", None, [96], {"v": 96}, 10**30, 1e30]
+)
 def test_ints_must_be_real_json_integers(value: Any) -> None:
     with pytest.raises(InvalidInput, match="dpi"):
         parse_dpi_request({"host_port": 1, "dpi": value})
+
+
+def test_an_integral_json_number_is_an_integer_as_json_schema_says() -> None:
+    # The OpenAPI document says `integer`, which JSON Schema defines to admit 96.0.
+    values = parse_dpi_request(parse_json_object(b'{"host_port": 40000.0, "dpi": 96.0}'))
+    assert (values.host_port, values.dpi) == (40000, 96)
+    assert type(values.dpi) is int
+
+
+@pytest.mark.parametrize("arn", ["arn:aws:ecs:r:1:container/\u00e9", "a\u00a0b", "a\u00adb"])
+def test_an_arn_is_printable_ascii(arn: str) -> None:
+    body = parse_json_object(f'{{"host_port": 1, "dpi": 1, "container_ARN": "{arn}"}}'.encode())
+    with pytest.raises(InvalidInput, match="container_ARN must be printable ASCII"):
+        parse_start_values_request(body)
+
+
+@pytest.mark.parametrize(
+    ("reason", "ok"),
+    [("kernel update", True), ("Wartung über Nacht", True), ("a\nb", False), ("a\u2028b", False)],
+)
+def test_a_drain_reason_is_one_line_of_any_text(reason: str, ok: bool) -> None:
+    body = {"reason": reason}
+    if ok:
+        assert parse_drain_request(body) == body["reason"]
+    else:
+        with pytest.raises(InvalidInput, match="reason"):
+            parse_drain_request(body)
+    assert parse_drain_request({"reason": ""}) is None
+    assert parse_drain_request({}) is None
 
 
 @pytest.mark.parametrize(("port", "dpi"), [(1, 1), (65535, 1000), (4678, 96)])
@@ -79,6 +111,7 @@ def test_mount_request_builds_the_token() -> None:
         ("token_type", ""),
         ("expiry", "x" * 65),
         ("access_token", "\ud800"),
+        ("access_token", "non-ASCII \u00e9"),
         ("provider", ["dropbox"]),
         ("provider", "Dropbox"),
     ],

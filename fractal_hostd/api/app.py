@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import sentry_sdk
+import trio
 from quart import Request, Response, g, jsonify, request
 from quart_trio import QuartTrio
 from sentry_sdk.types import Event, Hint
@@ -22,17 +25,17 @@ from werkzeug.wrappers import Response as WerkzeugResponse
 
 from fractal_hostd.api.auth import Authenticator
 from fractal_hostd.api.errors import ApiError
+from fractal_hostd.api.limits import BODY_TIMEOUT_SECONDS, MAX_BODY_BYTES
 from fractal_hostd.api.routes import ApiContext, CloudStorageMounter, register_routes
+from fractal_hostd.cloud_storage import OAuthToken
 from fractal_hostd.containers.lifecycle import ContainerLifecycle
 from fractal_hostd.containers.registry import ContainerRegistry
+from fractal_hostd.history import ContainerHistory, service_errors
 from fractal_hostd.hoststate import HostState
 from fractal_hostd.metrics import Metrics
 
 logger = logging.getLogger(__name__)
 
-MAX_BODY_BYTES = 64 * 1024
-# A client that has not sent its (at most 64 KiB) body after this long is not a webserver.
-BODY_TIMEOUT_SECONDS = 10
 _MAX_LOGGED_PATH = 100  # our routes are short; a long path is junk (and costly to redact)
 _HTTP_ERRORS = {
     400: "bad request",
@@ -70,6 +73,10 @@ def create_app(
     )
     app.json.sort_keys = False  # type: ignore[attr-defined]  # keep the documented field order
     metrics.track(state=state, containers=registry)
+    history = ContainerHistory(registry.records)
+    state.docker.listen(history, replacing=ContainerHistory)
+    if cloud_storage is not None:
+        cloud_storage = _MeasuredMounts(cloud_storage, metrics, history)
     context = ApiContext(
         state=state,
         registry=registry,
@@ -78,11 +85,59 @@ def create_app(
         authenticator=Authenticator(auth_secret),
         cloud_storage=cloud_storage,
         container_wait=container_wait,
+        history=history,
+        errors=service_errors(),
     )
     register_routes(app, context)
     _install_hooks(app, metrics)
     _install_error_handlers(app)
     return app
+
+
+class _MeasuredMounts:
+    """The cloud storage as the routes see it, with every mount's duration or failure
+    counted and each mount in the container's history (so the mount route itself stays
+    about the request)."""
+
+    def __init__(
+        self, inner: CloudStorageMounter, metrics: Metrics, history: ContainerHistory
+    ) -> None:
+        self._inner = inner
+        self._metrics = metrics
+        self._history = history
+
+    async def mount(
+        self,
+        *,
+        host_port: int,
+        container_id: str,
+        provider: str,
+        token: OAuthToken,
+        client_id: str | None,
+        client_secret: str | None,
+        is_current: Callable[[], bool] | None = None,
+    ) -> Path:
+        started = trio.current_time()
+        try:
+            mount_point = await self._inner.mount(
+                host_port=host_port,
+                container_id=container_id,
+                provider=provider,
+                token=token,
+                client_id=client_id,
+                client_secret=client_secret,
+                is_current=is_current,
+            )
+        except Exception:  # a cancel (client gone, shutdown) is not the mount's failure
+            self._metrics.mount_done(provider, trio.current_time() - started, ok=False)
+            self._history.record(container_id, "mount failed", provider)
+            raise
+        self._metrics.mount_done(provider, trio.current_time() - started, ok=True)
+        self._history.record(container_id, "mounted", provider)
+        return mount_point
+
+    async def unmount_container(self, host_port: int, *, container_id: str | None = None) -> None:
+        await self._inner.unmount_container(host_port, container_id=container_id)
 
 
 def _install_hooks(app: HostApi, metrics: Metrics) -> None:

@@ -9,6 +9,7 @@ invalid. The host port waits of the container endpoints are bounded by `containe
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,12 +23,14 @@ from quart_trio import QuartTrio
 
 from fractal_hostd.api.auth import Authenticator
 from fractal_hostd.api.errors import BadRequest, NotCarriedOut, Unauthorized
+from fractal_hostd.api.health import explain, failing_checks, health_checks
 from fractal_hostd.api.openapi import openapi_document
-from fractal_hostd.api.status import container_summary, status_document
+from fractal_hostd.api.status import container_summary, drain_summary, status_document
 from fractal_hostd.api.validation import (
     InvalidInput,
     StartValues,
     parse_dpi_request,
+    parse_drain_request,
     parse_json_object,
     parse_mount_request,
     parse_start_values_request,
@@ -35,11 +38,17 @@ from fractal_hostd.api.validation import (
 from fractal_hostd.cloud_storage import MountFailed, OAuthToken
 from fractal_hostd.containers.lifecycle import ContainerLifecycle, ContainerUnknown
 from fractal_hostd.containers.registry import ContainerRecord, ContainerRegistry
-from fractal_hostd.hoststate import HostState
+from fractal_hostd.history import ContainerHistory, ErrorRing
+from fractal_hostd.hoststate import DrainNotice, HostState
 from fractal_hostd.metrics import Metrics
+from fractal_hostd.spot import enter_draining
 
 T = TypeVar("T")
 logger = logging.getLogger(__name__)
+
+# How long POST /drain may wait for the drain hook (its immediate heartbeat is bounded by
+# the webserver client's own 5 s timeout; this is the backstop).
+DRAIN_HOOK_TIMEOUT = 10.0
 
 
 class CloudStorageMounter(Protocol):
@@ -71,17 +80,54 @@ class ApiContext:
     authenticator: Authenticator
     cloud_storage: CloudStorageMounter | None
     container_wait: float
+    history: ContainerHistory
+    errors: ErrorRing
 
 
 def register_routes(app: QuartTrio, ctx: ApiContext) -> None:
     @app.route("/health", methods=["GET"])
     async def health() -> dict[str, Any]:
-        return {"status": "ok"}
+        # Liveness: 200 whatever the checks say (see api/health.py).
+        return {"status": "ok", "checks": health_checks(ctx.state, trio.current_time())}
+
+    @app.route("/ready", methods=["GET"])
+    async def ready() -> tuple[dict[str, Any], int]:
+        now = trio.current_time()
+        checks = health_checks(ctx.state, now)
+        failing = failing_checks(ctx.state, now)
+        if failing:
+            return {"error": explain(failing), "failing": failing, "checks": checks}, 503
+        return {"result": "ready", "checks": checks}, 200
+
+    @app.route("/drain", methods=["POST"])
+    async def drain() -> dict[str, Any]:
+        body = await _authorized_body(ctx.authenticator, body_required=False)
+        reason = _validated(parse_drain_request, body)
+        now = dt.datetime.now(dt.UTC)
+        notice = DrainNotice(
+            kind="operator", action=None, time=now.isoformat(), seen_at=now, reason=reason
+        )
+        entered = ctx.state.draining is None
+        # Shielded and bounded: a client hanging up must not cut the drain heartbeat short,
+        # and a webserver that never answers must not hold the request (the drain itself is
+        # in force before the hook runs).
+        with trio.move_on_after(DRAIN_HOOK_TIMEOUT, shield=True) as hook:
+            await enter_draining(ctx.state, notice, ctx.state.drain_hook)
+        if hook.cancelled_caught:
+            logger.warning("drain hook cut short after %g s", DRAIN_HOOK_TIMEOUT)
+        current = ctx.state.draining
+        assert current is not None
+        if entered:
+            logger.warning(
+                "operator drain: %s", reason or "no reason given", extra={"drain_reason": reason}
+            )
+        _log_context(already_draining=not entered)
+        return {"result": {"draining": drain_summary(current), "already_draining": not entered}}
 
     @app.route("/status", methods=["GET"])
     async def status() -> dict[str, Any]:
         await _authorized_body(ctx.authenticator, body_required=False)
-        return status_document(ctx.state, ctx.registry)
+        return status_document(ctx.state, ctx.registry, ctx.history, ctx.errors)
 
     @app.route("/metrics", methods=["GET"])
     async def metrics() -> Response:
@@ -200,5 +246,6 @@ async def _write_start_values(ctx: ApiContext, values: StartValues) -> dict[str,
         raise NotCarriedOut(
             f"could not write the container's files: {exc.strerror or type(exc).__name__}"
         ) from exc
+    ctx.history.record(record.id, "dpi set", f"dpi {values.dpi}")
     _log_context(container_id=record.id, host_port=values.host_port, dpi=values.dpi)
     return {"result": container_summary(record)}

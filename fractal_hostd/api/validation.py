@@ -1,14 +1,23 @@
 """Strict parsing of request bodies: JSON object in, typed request out, or InvalidInput.
 
 Pure functions, no Quart: every rule is testable alone. Strictness is deliberate (contract §5:
-"bad input never disturbs the service"): an int is a JSON integer — not a bool, a float or a
-string of digits; strings are bounded; enums are closed. Unknown fields are ignored, so the
+"bad input never disturbs the service"): an int is a JSON integer — not a bool, a fraction or
+a string of digits; strings are bounded; enums are closed. Unknown fields are ignored, so the
 webserver may send more than we read (the original service also ignored them).
+
+Every rule is one the OpenAPI document (openapi.py) can state, so the document and the
+server agree (schemathesis checks both ways): JSON has a single number type, and JSON
+Schema's `integer` admits `96.0`, so `96.0` is the integer 96 here too. Text that goes into
+a file or an rclone config (ARN, OAuth token parts) is printable ASCII, as ARNs and OAuth
+tokens (RFC 6749's VSCHAR) are by definition; the operator's drain reason is one line of any
+text. Both are `pattern`s, where Python's `str.isprintable` (Unicode categories) has no JSON
+Schema equivalent.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -18,7 +27,15 @@ MAX_STRING = 4096
 MAX_TOKEN = 8192  # OAuth access/refresh tokens (Google's are ~2 KB; room to grow)
 MAX_ARN = 2048
 MIN_DPI, MAX_DPI = 1, 1000
+MAX_REASON = 500
 PROVIDERS: Final = ("google_drive", "dropbox")
+# Patterns in the syntax ECMA-262 (JSON Schema) and Python's re read alike.
+PRINTABLE_ASCII_PATTERN: Final = "^[\\u0020-\\u007e]*$"
+# No C0 control (newlines included), DEL, C1 control (NEL included), U+2028 or U+2029.
+ONE_LINE_PATTERN: Final = "^[^\\u0000-\\u001f\\u007f-\\u009f\\u2028\\u2029]*$"
+NO_NUL_PATTERN: Final = "^[^\\u0000]*$"
+_PRINTABLE_ASCII = re.compile(PRINTABLE_ASCII_PATTERN)
+_ONE_LINE = re.compile(ONE_LINE_PATTERN)
 
 
 class InvalidInput(Exception):
@@ -53,6 +70,14 @@ def parse_json_object(raw: bytes) -> dict[str, Any]:
     return value
 
 
+def parse_drain_request(body: dict[str, Any]) -> str | None:
+    """The operator's optional `reason` for POST /drain (one printable line; "" is none)."""
+    reason = _optional_string(body, "reason", MAX_REASON)
+    if reason is not None and not _ONE_LINE.fullmatch(reason):
+        raise InvalidInput("reason must be a single line of printable characters")
+    return reason or None
+
+
 def parse_dpi_request(body: dict[str, Any]) -> StartValues:
     return StartValues(host_port=_host_port(body), dpi=_dpi(body))
 
@@ -63,8 +88,8 @@ def parse_start_values_request(body: dict[str, Any]) -> StartValues:
     _optional_string(body, "user_id", MAX_STRING)
     _optional_string(body, "client_app_auth_secret", MAX_STRING)
     arn = _optional_string(body, "container_ARN", MAX_ARN)
-    if arn is not None and not arn.isprintable():
-        raise InvalidInput("container_ARN must be a single line of printable characters")
+    if arn is not None and not _PRINTABLE_ASCII.fullmatch(arn):
+        raise InvalidInput("container_ARN must be printable ASCII")
     # An empty ARN means "none": there is nothing to write into the ContainerARN file.
     return StartValues(host_port=host_port, dpi=dpi, container_arn=arn or None)
 
@@ -100,6 +125,8 @@ def _dpi(body: dict[str, Any]) -> int:
 
 def _int_in_range(body: dict[str, Any], name: str, low: int, high: int) -> int:
     value = body.get(name)
+    if type(value) is float and value.is_integer():
+        value = int(value)  # 96.0 is 96 (see the module doc); 96.5 and 1e400 (inf) are not
     if type(value) is not int or not low <= value <= high:
         raise InvalidInput(f"{name} must be an integer from {low} to {high}")
     return value
@@ -115,8 +142,8 @@ def _string(body: dict[str, Any], name: str, max_length: int) -> str:
 
 def _printable(body: dict[str, Any], name: str, max_length: int) -> str:
     value = _string(body, name, max_length)
-    if not value.isprintable():
-        raise InvalidInput(f"{name} must be a single line of printable characters")
+    if not _PRINTABLE_ASCII.fullmatch(value):
+        raise InvalidInput(f"{name} must be printable ASCII")
     return value
 
 
@@ -148,6 +175,9 @@ def _reject_constant(name: str) -> float:
 __all__ = [
     "MAX_DPI",
     "MIN_DPI",
+    "NO_NUL_PATTERN",
+    "ONE_LINE_PATTERN",
+    "PRINTABLE_ASCII_PATTERN",
     "PROVIDERS",
     "InvalidInput",
     "MountRequest",

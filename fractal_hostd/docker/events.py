@@ -347,6 +347,7 @@ class _EventStream:
         they are the `since` replay, older than the listing, and the stale-die check (a
         `die` of a container restarted since must not take its TTY) needs the listing first.
         """
+        started = trio.current_time()
         if not self.adopted:
             # A failure here is a start-up failure: let it reach the supervisor.
             running = await fetch_running(self.client)
@@ -365,6 +366,9 @@ class _EventStream:
                 await self.lifecycle.reconcile(running)
             except Exception:
                 logger.exception("reconcile failed; retried at the next one")
+                self.status.reconcile_failed()
+                return reader.received
+        self.status.reconciled(started)
         logger.debug("reconciled: %d running containers", len(running))
         return reader.received
 
@@ -397,6 +401,7 @@ class _EventStream:
         Events received before the snapshot are older than it; their handling is idempotent
         and ordered by the lifecycle's per-container lock.
         """
+        started = trio.current_time()
         with reader.watching() as touched:
             try:
                 running = await fetch_running(self.client, known=self.lifecycle.known_host_ports())
@@ -408,6 +413,9 @@ class _EventStream:
                 await self.lifecycle.reconcile(running, leave_alone=touched)
             except Exception:
                 logger.exception("reconcile failed; retried at the next one")
+                self.status.reconcile_failed()
+                return
+        self.status.reconciled(started)
         logger.debug(
             "reconciled: %d running containers, %d left to their events", len(running), len(touched)
         )
@@ -438,8 +446,8 @@ class _EventStream:
             and event.get("Type", "container") == "container"
             and action in _HANDLED_ACTIONS
         ):
-            await self._apply(container_id, action, stale=stale)
-            self.status.events_processed += 1
+            await self._apply(container_id, action, stale=stale, event=event)
+            self.status.event_processed(event)
         # Only now: an event whose handling was cut short by a lost dockerd (the raise
         # above) stays after the resume point and comes back in the `since` replay; and it
         # is published only once, when handled.
@@ -447,7 +455,9 @@ class _EventStream:
             self.fanout.publish(event)
         self.cursor.record(event)
 
-    async def _apply(self, container_id: str, action: str, *, stale: bool) -> None:
+    async def _apply(
+        self, container_id: str, action: str, *, stale: bool, event: dict[str, Any]
+    ) -> None:
         try:
             if action == "start" or (action == "die" and stale):
                 # Inspect tells the present state; a stale die may belong to a container
@@ -460,6 +470,7 @@ class _EventStream:
                 if info.running:
                     if info.host_port is not None:
                         await self.lifecycle.on_running(info)
+                        self.status.files_written(event)
                 else:
                     await self.lifecycle.on_gone(container_id)
             else:

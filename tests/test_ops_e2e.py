@@ -1,0 +1,92 @@
+"""The whole service as a subprocess: /ready after start-up and an operator's drain through
+the real CLI (issue 13 items 1-2). Peers are the fakes of tests/service_harness.py; bounds
+are generous `fail_after`s, never speed assertions.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import ssl
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import trio
+
+from tests.service_harness import AUTH_SECRET, REPO, running_peers, running_service, service_env
+
+START_BOUND = 60
+EXIT_BOUND = 30
+
+
+async def test_operator_drain_through_the_cli_drains_like_a_spot_notice(tmp_path: Path) -> None:
+    async with running_peers(tmp_path) as peers:
+        env = service_env(tmp_path, peers)
+        async with running_service(tmp_path, env) as service:
+            with trio.fail_after(START_BOUND):
+                await peers.webserver.wait_for_heartbeats(1)
+            private = tmp_path / "private"
+            url = (private / "api_url").read_text().strip().replace("127.0.0.1", "localhost")
+            context = ssl.create_default_context(cafile=private / "cert.pem")
+            async with httpx.AsyncClient(verify=context, timeout=15) as client:
+                with trio.fail_after(START_BOUND):
+                    ready = await client.get(f"{url}/ready")
+                    while ready.status_code != 200:  # READY=1 and the flag are microseconds apart
+                        await trio.sleep(0.05)
+                        ready = await client.get(f"{url}/ready")
+                assert ready.json()["checks"]["docker_connected"] is True
+
+                def drain(*extra: str) -> subprocess.CompletedProcess[str]:
+                    return subprocess.run(
+                        [sys.executable, "-m", "fractal_hostd", "drain", *extra],
+                        env=env,
+                        cwd=REPO,
+                        capture_output=True,
+                        text=True,
+                        timeout=60,
+                        check=False,
+                    )
+
+                first = await trio.to_thread.run_sync(drain, "--reason", "rolling kernel update")
+                assert first.returncode == 0, first.stderr
+                assert "host is draining: YES: operator (rolling kernel update)" in first.stdout
+                # Immediate: the drain heartbeat went out before the command answered.
+                draining = [hb for hb in peers.webserver.heartbeats if hb["IsDraining"]]
+                assert len(draining) == 1
+                assert draining[0]["HeartbeatNumber"] >= 1
+                second = await trio.to_thread.run_sync(drain)
+                assert second.returncode == 0, second.stderr
+                assert "(it already was)" in second.stdout
+                assert len([hb for hb in peers.webserver.heartbeats if hb["IsDraining"]]) == 1
+
+                not_ready = await client.get(f"{url}/ready")
+                assert not_ready.status_code == 503
+                assert not_ready.json()["failing"] == ["draining"]
+                auth = {"Authorization": f"Bearer {AUTH_SECRET}"}
+                status = (await client.get(f"{url}/status", headers=auth)).json()
+                assert status["draining"]["kind"] == "operator"
+                assert status["draining"]["reason"] == "rolling kernel update"
+            service.send_signal()
+            with trio.fail_after(EXIT_BOUND):
+                assert await service.wait() == 0
+        warnings = [e for e in peers.sentry.events if e.get("level") == "warning"]
+        assert any("draining" in str(e) for e in warnings)
+
+
+async def test_api_port_in_use_names_its_holder_without_a_traceback(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        async with running_peers(tmp_path) as peers:
+            env = service_env(tmp_path, peers, FRACTAL_API_BIND=f"127.0.0.1:{port}")
+            async with running_service(tmp_path, env) as service:
+                with trio.fail_after(START_BOUND + EXIT_BOUND):
+                    code = await service.wait()
+    assert code == 1
+    logs = service.logs()
+    assert f"held by pid {os.getpid()} (" in logs
+    assert "stop it or choose another port" in logs
+    assert "Traceback" not in logs
