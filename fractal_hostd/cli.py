@@ -77,6 +77,7 @@ _DEFAULTS: dict[str, str] = {
     "FRACTAL_SHUTDOWN_REPORT_TIMEOUT": "5",
     "FRACTAL_LOG_FORMAT": "console in localdev, json otherwise",
     "FRACTAL_LOG_LEVEL": "info",
+    "FRACTAL_API_MAX_CONNECTIONS": "256",
 }
 # `status` and `drain` only need to find the running service's API and secret.
 _LOCATOR_FLAGS = ("--app-env", "--private-dir", "--api-bind")
