@@ -20,7 +20,7 @@ from quart_trio import QuartTrio
 from fractal_hostd.api.app import create_app
 from fractal_hostd.api.server import serve_api
 from fractal_hostd.containers.info import ContainerInfo
-from fractal_hostd.containers.lifecycle import ContainerLifecycle
+from fractal_hostd.containers.lifecycle import ContainerLifecycle, run_inline
 from fractal_hostd.containers.registry import ContainerRecord, ContainerRegistry
 from fractal_hostd.hoststate import HostState
 from fractal_hostd.metrics import Metrics
@@ -109,7 +109,10 @@ def make_api(
     registry = ContainerRegistry()
     mappings_dir = tmp_path / "containerResourceMappings"
     mappings_dir.mkdir(parents=True, exist_ok=True)
-    lifecycle = ContainerLifecycle(mappings_dir=mappings_dir, registry=registry)
+    # Inline file I/O: several tests here run under the autojump clock (see run_inline).
+    lifecycle = ContainerLifecycle(
+        mappings_dir=mappings_dir, registry=registry, run_blocking=run_inline
+    )
     metrics = Metrics()
     cloud = FakeCloudStorage(root=tmp_path / "cloudStorage") if with_cloud_storage else None
     app = create_app(

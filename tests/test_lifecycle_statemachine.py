@@ -41,6 +41,7 @@ from fractal_hostd.containers import (
     ContainerRegistry,
     ContainerUnknown,
 )
+from fractal_hostd.containers.lifecycle import ContainerWithoutTty
 from fractal_hostd.containers.ttypool import FIRST_TTY, LAST_TTY
 from tests.containers_fixtures import cid, dir_files
 
@@ -71,7 +72,9 @@ class LifecycleMachine(RuleBasedStateMachine):
         self.next_n = 1
         self.world: dict[str, int] = {}  # running managed containers in Docker: id -> port
         self.told: dict[str, int] = {}  # what the lifecycle believes runs
-        self.start_values: dict[str, tuple[int, str | None]] = {}  # id -> (dpi, arn)
+        # id -> (dpi, arn) of a ready container; dpi None: garbage DPI adopted as unknown
+        self.start_values: dict[str, tuple[int | None, str | None]] = {}
+        self.garbage_left: dict[str, dict[str, str]] = {}  # id -> files adoption keeps as is
         self.unmounted: list[str] = []
         self._boot()
 
@@ -110,6 +113,7 @@ class LifecycleMachine(RuleBasedStateMachine):
     def _sync_told_with_world(self) -> None:
         for gone in set(self.told) - set(self.world):
             self.start_values.pop(gone, None)
+            self.garbage_left.pop(gone, None)
         self.told = dict(self.world)
 
     # --- events the stream delivers -------------------------------------------------
@@ -192,10 +196,17 @@ class LifecycleMachine(RuleBasedStateMachine):
     )
     def set_start_values(self, data: st.DataObject, dpi: int, arn: str | None) -> None:
         container_id = data.draw(st.sampled_from(sorted(self.told)))
+        before = self.registry.get(container_id)
+        assert before is not None
+        if before.tty is None:
+            with pytest.raises(ContainerWithoutTty):
+                run(self._set, self.told[container_id], dpi, arn)
+            return
         record = run(self._set, self.told[container_id], dpi, arn)
         assert record.id == container_id
         old_arn = self.start_values.get(container_id, (0, None))[1]
         self.start_values[container_id] = (dpi, arn if arn is not None else old_arn)
+        self.garbage_left.get(container_id, {}).pop("DPI", None)
 
     async def _set(self, port: int, dpi: int, arn: str | None) -> ContainerRecord:
         return await self.lifecycle.set_start_values(port, dpi=dpi, container_arn=arn)
@@ -253,7 +264,17 @@ class LifecycleMachine(RuleBasedStateMachine):
         self.world.setdefault(victim, self.told[victim])
         self._boot()
         run(self.lifecycle.adopt, self._infos())
-        self.start_values.pop(victim, None)  # not adoptable: started afresh
+        # Adoption repairs what it can and removes nothing the container may have read.
+        if name == "DPI" and victim in self.start_values:
+            self.start_values[victim] = (None, self.start_values[victim][1])
+        if name == "DPI":
+            self.garbage_left.setdefault(victim, {})["DPI"] = GARBAGE[name]
+        if name == ".ready" and victim not in self.start_values:
+            self.start_values[victim] = (None, None)  # a `.ready` counts, whoever made it
+        record = self.registry.get(victim)
+        assert record is not None
+        if record.tty is None:
+            self.start_values.pop(victim, None)  # never ready without a TTY
         self._sync_told_with_world()
 
     @precondition(lambda self: len(self.told) >= 2)
@@ -300,16 +321,19 @@ class LifecycleMachine(RuleBasedStateMachine):
             if record.id in self.start_values:
                 dpi, arn = self.start_values[record.id]
                 assert (record.dpi, record.container_arn, record.ready) == (dpi, arn, True)
-                expected.update({"DPI": str(dpi), ".ready": ".ready"})
+                expected[".ready"] = ".ready"
+                if dpi is not None:
+                    expected["DPI"] = str(dpi)
                 if arn is not None:
                     expected["ContainerARN"] = arn
             else:
                 assert not record.ready
+            expected.update(self.garbage_left.get(record.id, {}))
             assert files == expected
 
 
 async def test_lifecycle_state_machine(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("fractal_hostd.containers.mapping.os.fsync", lambda fd: None)
+    monkeypatch.setattr("fractal_hostd.safefs.os.fsync", lambda fd: None)
     await trio.to_thread.run_sync(
         functools.partial(
             run_state_machine_as_test,

@@ -27,6 +27,8 @@ class ContainerRecord:
     container_arn: str | None = None
     ready: bool = False
     cloud_storage: list[str] = field(default_factory=list)  # provider names (cloud storage)
+    # The files on disk lag behind this record (a write failed): the lifecycle retries.
+    files_pending: bool = False
 
 
 class ContainerRegistry:
