@@ -29,6 +29,9 @@ class _ReadyRecord(Protocol):
     @property
     def ready(self) -> bool: ...
 
+    @property
+    def files_pending(self) -> bool: ...
+
 
 class ContainerView(Protocol):
     """The read side of the container registry the collector needs."""
@@ -91,6 +94,11 @@ class _StateCollector(Collector):
             sum(1 for record in records if record.ready),
         )
         yield _gauge("free_ttys", "TTYs left to assign.", self._containers.free_ttys)
+        yield _gauge(
+            "pending_file_writes",
+            "Containers whose mapping files failed to write and are being retried.",
+            sum(1 for record in records if record.files_pending),
+        )
         yield _gauge(
             "draining",
             "1 once a spot interruption or rebalance notice was seen.",

@@ -37,7 +37,7 @@ from fractal_hostd.api.app import create_app
 from fractal_hostd.api.server import serve_api
 from fractal_hostd.cloud_storage import CloudStorage
 from fractal_hostd.config import API_URL_FILE, Config
-from fractal_hostd.containers.lifecycle import ContainerLifecycle
+from fractal_hostd.containers.lifecycle import ContainerLifecycle, MappingsUnwritable
 from fractal_hostd.containers.registry import ContainerRecord, ContainerRegistry
 from fractal_hostd.docker.client import DockerClient
 from fractal_hostd.docker.events import DockerUnreachableFatal, run_event_stream
@@ -67,6 +67,7 @@ FATAL_ERRORS: tuple[type[BaseException], ...] = (
     DockerUnreachableFatal,
     EcsAgentError,
     ApiUnavailable,
+    MappingsUnwritable,
 )
 # Local cleanup (unmounts, private dir) comes before the report and has its own bound.
 LOCAL_CLEANUP_TIMEOUT = 5.0
@@ -244,6 +245,8 @@ class Service:
 
         await self._serve_api(outer, metadata)
         await self.cloud_storage.remove_leftovers()
+        # Probes FRACTAL_ROOT (fatal when unwritable), then retries failed file writes.
+        await inner.start(_in_task_scope("file-writer", self.lifecycle.run_file_writer))
         await inner.start(
             _in_task_scope(
                 "docker-events",

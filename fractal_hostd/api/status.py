@@ -30,6 +30,7 @@ def status_document(state: HostState, registry: ContainerRegistry) -> dict[str, 
             for record in sorted(registry.records(), key=lambda r: r.host_port)
         ],
         "free_ttys": registry.free_ttys,
+        "pending_file_writes": sum(1 for record in registry.records() if record.files_pending),
         "last_heartbeat": None
         if heartbeat is None
         else {
@@ -49,5 +50,6 @@ def container_summary(record: ContainerRecord) -> dict[str, Any]:
         "dpi": record.dpi,
         "container_arn": record.container_arn,
         "ready": record.ready,
+        "files_pending": record.files_pending,
         "cloud_storage": list(record.cloud_storage),
     }
