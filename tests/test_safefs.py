@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 
 from fractal_hostd import safefs
+from fractal_hostd.secrets import load_or_create_auth_secret, write_private_file
+from fractal_hostd.tls import generate_certificate
 
 
 @pytest.fixture
@@ -154,3 +156,22 @@ def test_only_single_components_are_accepted(root: Path, name: str) -> None:
 def test_probe_writable(root: Path) -> None:
     safefs.probe_writable(root, ["containerResourceMappings"])
     assert os.listdir(root / "containerResourceMappings") == []
+
+
+def test_private_files_never_go_through_links(tmp_path: Path, outside: Path) -> None:
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    for name in ("auth_secret", "key.pem", "cert.pem", ".key.pem.tmp", "rclone.conf"):
+        (private / name).symlink_to(outside / "passwd")
+    # A link is no secret: reading through it would make a host file the API's secret.
+    secret = load_or_create_auth_secret(private / "auth_secret")
+    assert secret != "root:x:0:0"
+    assert (private / "auth_secret").read_text() == secret
+    assert stat.S_IMODE((private / "auth_secret").lstat().st_mode) == 0o600
+    files = generate_certificate(private)
+    assert files.keyfile.read_bytes().startswith(b"-----BEGIN PRIVATE KEY-----")
+    assert not files.keyfile.is_symlink()
+    assert not files.certfile.is_symlink()
+    write_private_file(private / "rclone.conf", "[remote]")
+    assert (private / "rclone.conf").read_text() == "[remote]"
+    assert untouched(outside)

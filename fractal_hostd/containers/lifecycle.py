@@ -309,12 +309,14 @@ class ContainerLifecycle:
         try:
             await self._io(mapping.write, files)
         except OSError as exc:
-            self._schedule_retry(record)
-            logger.warning(
+            # Error level (Sentry) once; the retries of a disk that stays full only at debug.
+            log = logger.debug if record.files_pending else logger.error
+            log(
                 "cannot write mapping directory (%s): retrying",
                 exc.strerror or exc,
                 extra={"container_id": record.id},
             )
+            self._schedule_retry(record)
             return exc
         except BaseException:
             self._schedule_retry(record)  # cancelled mid-write: the disk state is unknown
@@ -371,8 +373,8 @@ class ContainerLifecycle:
         when something else took its place (a container may have replaced it by a link)."""
         entries = await self._io(list_mapping_entries, self._mappings_dir)
         for name, kind in entries:
-            if not is_container_id(name):
-                continue
+            if not is_container_id(name) or name in self._locks:
+                continue  # not ours, or being handled right now (and not to be waited for)
             async with self._locked(name):
                 record = self._registry.get(name)
                 if record is None:
