@@ -165,6 +165,7 @@ class LifecycleMachine(RuleBasedStateMachine):
         assert self.unmounted == [container_id]
         del self.told[container_id]
         self.start_values.pop(container_id, None)
+        self.garbage_left.pop(container_id, None)
 
     @precondition(lambda self: self.told)
     @rule(data=st.data(), offset=st.integers(0, len(PORTS) - 1))
@@ -175,6 +176,7 @@ class LifecycleMachine(RuleBasedStateMachine):
         del self.told[container_id]
         self.world.pop(container_id, None)
         self.start_values.pop(container_id, None)
+        self.garbage_left.pop(container_id, None)
         port = self._free_port(offset)
         self.world[container_id] = port
         run(self.lifecycle.on_running, ContainerInfo(container_id, port, True))
