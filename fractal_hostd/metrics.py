@@ -91,7 +91,7 @@ class _StateCollector(Collector):
         yield _gauge(
             "ready_containers",
             "Managed containers whose .ready file is written.",
-            sum(1 for record in records if record.ready),
+            sum(1 for record in records if record.ready and not record.files_pending),
         )
         yield _gauge("free_ttys", "TTYs left to assign.", self._containers.free_ttys)
         yield _gauge(

@@ -269,6 +269,7 @@ async def test_start_values_that_fail_answer_406_and_land_later_in_order(
         assert status["containers"][0]["files_pending"] is True
         metrics = generate_latest(api.metrics.registry).decode()
         assert "fractal_hostd_pending_file_writes 1.0" in metrics
+        assert "fractal_hostd_ready_containers 0.0" in metrics  # not on disk yet
         assert not directory.exists() or ".ready" not in os.listdir(directory)
         await trio.sleep(1)
         disk.failing = False
