@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import stat
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -175,3 +176,23 @@ def test_private_files_never_go_through_links(tmp_path: Path, outside: Path) -> 
     write_private_file(private / "rclone.conf", "[remote]")
     assert (private / "rclone.conf").read_text() == "[remote]"
     assert untouched(outside)
+
+
+def test_remove_tree_never_empties_a_mount_below_it(root: Path) -> None:
+    mount_point = root / "tree" / "Google Drive"
+    mount_point.mkdir(parents=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount_point)],
+        capture_output=True,
+        check=False,
+        timeout=10,
+    )
+    if os.geteuid() != 0 or mounted.returncode != 0:
+        pytest.skip("mounting a tmpfs is not permitted here")
+    try:
+        (mount_point / "a user's file").write_text("precious")
+        with safefs.opened(safefs.open_root(root)) as fd, pytest.raises(safefs.UnexpectedEntry):
+            safefs.remove_tree(fd, "tree")
+        assert (mount_point / "a user's file").read_text() == "precious"
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=False, timeout=10)
