@@ -14,6 +14,7 @@ here: durability cannot be observed in a test and the syscalls would only slow t
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
 import shutil
@@ -47,6 +48,20 @@ from tests.containers_fixtures import cid, dir_files
 
 PORTS = range(40000, 40100)
 GARBAGE = {"tty": "x", "hostPort_for_my_32262_tcp": "", "DPI": "-1", ".ready": "no"}
+
+
+class Disk:
+    """The disk under every machine: `full` makes each fsync fail with ENOSPC (the test
+    patches safefs's fsync with `fsync`; a no-op otherwise, since durability cannot be
+    observed here). `writers` is the nursery where each boot's file writer (retries) runs."""
+
+    full = False
+    writers: trio.Nursery | None = None
+
+    @classmethod
+    def fsync(cls, fd: int) -> None:
+        if cls.full:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
 
 def _fast_tmp() -> str | None:
@@ -83,6 +98,8 @@ class LifecycleMachine(RuleBasedStateMachine):
         self.lifecycle = ContainerLifecycle(
             mappings_dir=self.root, registry=self.registry, on_gone=self._unmount
         )
+        if Disk.writers is not None:
+            run(Disk.writers.start, self.lifecycle.run_file_writer)
 
     async def _unmount(self, record: ContainerRecord) -> None:
         await trio.lowlevel.checkpoint()
@@ -222,6 +239,47 @@ class LifecycleMachine(RuleBasedStateMachine):
             return
         raise AssertionError("a port nobody has was accepted")
 
+    # --- a full disk ------------------------------------------------------------------
+
+    @precondition(lambda self: len(self.world) < 60)
+    @rule(
+        count=st.integers(0, 3),
+        offset=st.integers(0, len(PORTS) - 1),
+        data=st.data(),
+        dpi=st.integers(1, 400),
+    )
+    def full_disk_for_a_while(self, count: int, offset: int, data: st.DataObject, dpi: int) -> None:
+        Disk.full = True
+        try:
+            self.start(count, offset)  # registered, files pending
+            assert self.lifecycle.pending_writes >= count
+            if self.told:
+                self._start_values_on_a_full_disk(data, dpi)
+        finally:
+            Disk.full = False
+        run(self._drain)  # written without any other event
+
+    def _start_values_on_a_full_disk(self, data: st.DataObject, dpi: int) -> None:
+        container_id = data.draw(st.sampled_from(sorted(self.told)))
+        record = self.registry.get(container_id)
+        assert record is not None
+        try:
+            run(self._set, self.told[container_id], dpi, None)
+        except ContainerWithoutTty:
+            assert record.tty is None
+            return
+        except OSError:
+            pass  # the API's 406; the values land with the retry
+        old_arn = self.start_values.get(container_id, (0, None))[1]
+        self.start_values[container_id] = (dpi, old_arn)
+        self.garbage_left.get(container_id, {}).pop("DPI", None)
+
+    async def _drain(self) -> None:
+        with trio.fail_after(30):
+            while self.lifecycle.pending_writes:
+                await trio.sleep(0.001)
+        assert not [r.id for r in self.registry.records() if r.files_pending]
+
     # --- Docker changes we never heard of, and how we catch up -------------------------
 
     @precondition(lambda self: self.world)
@@ -335,16 +393,25 @@ class LifecycleMachine(RuleBasedStateMachine):
 
 
 async def test_lifecycle_state_machine(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("fractal_hostd.safefs.os.fsync", lambda fd: None)
-    await trio.to_thread.run_sync(
-        functools.partial(
-            run_state_machine_as_test,
-            LifecycleMachine,
-            settings=settings(
-                max_examples=100,
-                stateful_step_count=50,
-                deadline=None,
-                suppress_health_check=[HealthCheck.too_slow],
-            ),
-        )
-    )
+    monkeypatch.setattr("fractal_hostd.safefs.os.fsync", Disk.fsync)
+    # Real time here: retries every millisecond instead of from 0.1 s.
+    monkeypatch.setattr("fractal_hostd.containers.lifecycle.RETRY_FIRST_DELAY", 0.001)
+    monkeypatch.setattr("fractal_hostd.containers.lifecycle.RETRY_MAX_DELAY", 0.002)
+    async with trio.open_nursery() as nursery:
+        Disk.writers = nursery
+        try:
+            await trio.to_thread.run_sync(
+                functools.partial(
+                    run_state_machine_as_test,
+                    LifecycleMachine,
+                    settings=settings(
+                        max_examples=100,
+                        stateful_step_count=50,
+                        deadline=None,
+                        suppress_health_check=[HealthCheck.too_slow],
+                    ),
+                )
+            )
+        finally:
+            Disk.writers = None
+            nursery.cancel_scope.cancel()
