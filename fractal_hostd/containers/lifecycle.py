@@ -215,8 +215,12 @@ class ContainerLifecycle:
             self._retries.pop(container_id, None)
             if record is None:
                 # Never seen (or already cleaned up): nothing to unmount, but make sure no
-                # directory survives, whatever left it.
-                await self._remove_dir(container_id)
+                # directory survives, whatever left it. Most such dies are of containers we
+                # never managed: one lstat (a link is not followed) spares them the thread.
+                if MappingDir(self._mappings_dir, container_id).present():
+                    await self._remove_dir(container_id)
+                else:
+                    await trio.lowlevel.checkpoint()
                 return
             try:
                 if self._on_gone_hook is not None:

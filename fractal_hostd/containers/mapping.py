@@ -147,6 +147,11 @@ class MappingDir:
             problems.append(f"{READY_FILE} holds garbage")  # still there: the container saw it
         return MappingContents(host_port, tty, dpi, arn, ready_text is not None, tuple(problems))
 
+    def present(self) -> bool:
+        """Whether anything sits at the directory's name: one lstat, cheap enough for the
+        event loop (a link is not followed; only a hint, `remove` decides safely)."""
+        return os.path.lexists(self.path)
+
     def remove(self) -> None:
         """Remove the directory (or whatever sits at its name), never following a link; a
         directory that is already gone, or a mappings directory that is not one, is fine."""
