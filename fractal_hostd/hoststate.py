@@ -140,11 +140,17 @@ class HostState:
     draining_started: trio.Event = field(default_factory=trio.Event)
     # Set once start-up (contract §6) completed: /ready is 503 before.
     started_at: dt.datetime | None = None
-    # Files the safe-filesystem layer still has to write (retried after a failure); the
-    # writer keeps it current. Stays 0 until that layer reports here.
-    pending_file_writes: int = 0
+    # Containers whose mapping files wait for a retried write: the container registry counts
+    # them (the composition root sets the source; this floor imports nothing of ours).
+    count_pending_file_writes: Callable[[], int] = field(
+        default=lambda: 0, repr=False, compare=False
+    )
     # What draining additionally does (immediate heartbeat, Sentry): set by the supervisor.
     drain_hook: DrainHook | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def pending_file_writes(self) -> int:
+        return self.count_pending_file_writes()
 
     def mark_started(self) -> None:
         self.started_at = dt.datetime.now(dt.UTC)

@@ -61,6 +61,9 @@ class _ReadyRecord(Protocol):
     @property
     def ready(self) -> bool: ...
 
+    @property
+    def files_pending(self) -> bool: ...
+
 
 class ContainerView(Protocol):
     """The read side of the container registry the collector needs."""
@@ -214,9 +217,14 @@ class _StateCollector(Collector):
         yield _gauge(
             "ready_containers",
             "Managed containers whose .ready file is written.",
-            sum(1 for record in records if record.ready),
+            sum(1 for record in records if record.ready and not record.files_pending),
         )
         yield _gauge("free_ttys", "TTYs left to assign.", self._containers.free_ttys)
+        yield _gauge(
+            "pending_file_writes",
+            "Containers whose mapping files failed to write and are being retried.",
+            sum(1 for record in records if record.files_pending),
+        )
         yield _gauge(
             "draining",
             "1 once a spot interruption or rebalance notice was seen.",
@@ -236,11 +244,6 @@ class _StateCollector(Collector):
             f"{PREFIX}_docker_stream_reconnects",
             "Reconnections of the Docker event stream.",
             value=state.docker.reconnects,
-        )
-        yield _gauge(
-            "pending_file_writes",
-            "Mapping files not written yet (retried after a failed write).",
-            state.pending_file_writes,
         )
         yield _gauge(
             "started",

@@ -7,9 +7,15 @@ readable by another user, even for a moment.
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 from pathlib import Path
+
+from fractal_hostd import safefs
+
+logger = logging.getLogger(__name__)
+MAX_SECRET_FILE_BYTES = 4096  # a secret file bigger than this is not one of ours
 
 
 def ensure_private_dir(path: Path) -> None:
@@ -18,23 +24,28 @@ def ensure_private_dir(path: Path) -> None:
 
 
 def write_private_file(path: Path, content: str) -> None:
-    """Write `content` to a new 0600 file atomically (never a moment with wider permissions)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.unlink(missing_ok=True)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        os.write(fd, content.encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+    """Write `content` to a 0600 file atomically (never a moment with wider permissions),
+    never through a link at `path` or at the temporary name (see safefs). `path.parent` is
+    the trusted directory (the private directory or one the service made in it)."""
+    with safefs.opened(safefs.open_root(path.parent)) as dir_fd:
+        safefs.write_file(dir_fd, path.name, content.encode(), mode=0o600)
+
+
+def read_private_file(path: Path) -> str | None:
+    """The text of a small file in a trusted directory, never through a link; None when
+    missing. Raises OSError (safefs.UnexpectedEntry for a link) when it cannot be trusted."""
+    with safefs.opened(safefs.open_root(path.parent)) as dir_fd:
+        data = safefs.read_file(dir_fd, path.name, max_bytes=MAX_SECRET_FILE_BYTES)
+    return None if data is None else data.decode(errors="replace")
 
 
 def load_or_create_auth_secret(path: Path) -> str:
-    """Localdev's API secret: reuse the one on disk, or make a new random one (0600)."""
+    """Localdev's API secret: reuse the one on disk, or make a new random one (0600).
+    A link, oversized or unreadable file there is replaced by a new secret."""
     try:
-        existing = path.read_text().strip()
-    except FileNotFoundError:
+        existing = (read_private_file(path) or "").strip()
+    except OSError as exc:
+        logger.warning("replacing %s: %s", path.name, exc.strerror)
         existing = ""
     if existing:
         return existing

@@ -36,7 +36,7 @@ from fractal_hostd.api.app import create_app
 from fractal_hostd.api.server import serve_api
 from fractal_hostd.cloud_storage import CloudStorage
 from fractal_hostd.config import API_URL_FILE, Config
-from fractal_hostd.containers.lifecycle import ContainerLifecycle
+from fractal_hostd.containers.lifecycle import ContainerLifecycle, MappingsUnwritable
 from fractal_hostd.containers.registry import ContainerRecord, ContainerRegistry
 from fractal_hostd.docker.client import DockerClient
 from fractal_hostd.docker.events import DockerUnreachableFatal, run_event_stream
@@ -72,6 +72,7 @@ FATAL_ERRORS: tuple[type[BaseException], ...] = (
     DockerUnreachableFatal,
     EcsAgentError,
     ApiUnavailable,
+    MappingsUnwritable,
 )
 # Local cleanup (unmounts, private dir) comes before the report and has its own bound.
 UNMOUNT_ALL_TIMEOUT = 4.0
@@ -149,6 +150,7 @@ class Service:
         self.state = HostState(version=__version__, environment=config.app_env.value)
         self.metrics = Metrics()
         self.registry = ContainerRegistry()
+        self.state.count_pending_file_writes = self.registry.pending_file_writes
         self.cloud_storage = CloudStorage(
             root=config.root,
             config_dir=config.private_dir / "rclone",
@@ -307,6 +309,8 @@ class Service:
         self.state.drain_hook = self._drain_hook(heartbeats)  # POST /drain takes the spot path
         await self._serve_api(outer, metadata)
         await self.cloud_storage.remove_leftovers()
+        # Probes FRACTAL_ROOT (fatal when unwritable), then retries failed file writes.
+        await inner.start(_in_task_scope("file-writer", self.lifecycle.run_file_writer))
         docker_events = EventFanout()  # the one /events subscription, shared with the ECS task
         await inner.start(
             _in_task_scope(

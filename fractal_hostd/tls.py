@@ -26,6 +26,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from fractal_hostd import safefs
+
 CERT_FILE_NAME = "cert.pem"
 KEY_FILE_NAME = "key.pem"
 # Short: the pair is regenerated at every start, so it only needs to outlive one run of the
@@ -149,17 +151,6 @@ def _make_private_dir(path: Path) -> None:
 
 
 def _write_atomically(path: Path, data: bytes, *, mode: int) -> None:
-    """Write via a temporary file created with its final mode: the key is never world-readable."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.unlink(missing_ok=True)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    """Created with its final mode (the key is never world-readable), never through a link."""
+    with safefs.opened(safefs.open_root(path.parent)) as dir_fd:
+        safefs.write_file(dir_fd, path.name, data, mode=mode)

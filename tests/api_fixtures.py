@@ -21,7 +21,7 @@ from fractal_hostd.api.app import create_app
 from fractal_hostd.api.server import serve_api
 from fractal_hostd.cloud_storage import MountFailed
 from fractal_hostd.containers.info import ContainerInfo
-from fractal_hostd.containers.lifecycle import ContainerLifecycle
+from fractal_hostd.containers.lifecycle import ContainerLifecycle, run_inline
 from fractal_hostd.containers.registry import ContainerRecord, ContainerRegistry
 from fractal_hostd.hoststate import HostState
 from fractal_hostd.metrics import Metrics
@@ -123,9 +123,13 @@ def make_api(
 ) -> Api:
     state = HostState(version="9.9.9", environment="localdev")
     registry = ContainerRegistry()
+    state.count_pending_file_writes = registry.pending_file_writes
     mappings_dir = tmp_path / "containerResourceMappings"
     mappings_dir.mkdir(parents=True, exist_ok=True)
-    lifecycle = ContainerLifecycle(mappings_dir=mappings_dir, registry=registry)
+    # Inline file I/O: several tests here run under the autojump clock (see run_inline).
+    lifecycle = ContainerLifecycle(
+        mappings_dir=mappings_dir, registry=registry, run_blocking=run_inline
+    )
     metrics = Metrics()
     cloud = FakeCloudStorage(root=tmp_path / "cloudStorage") if with_cloud_storage else None
     app = create_app(

@@ -61,6 +61,7 @@ async def test_set_dpi_writes_dpi_then_ready(api: Api, client: Client) -> None:
         "dpi": 192,
         "container_arn": None,
         "ready": True,
+        "files_pending": False,
         "cloud_storage": [],
     }
     assert api.mapping_file(PORT, "DPI").read_text() == "192"

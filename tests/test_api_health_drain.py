@@ -53,7 +53,7 @@ def _healthy(api: Api) -> None:
 
 async def test_health_is_200_with_failing_checks_and_shows_them(tmp_path: Path) -> None:
     api = make_api(tmp_path)
-    api.state.pending_file_writes = 3
+    api.state.count_pending_file_writes = lambda: 3
     answer = await api.app.test_client().get("/health")
     assert answer.status_code == 200  # liveness: the supervisor runs
     assert await _json(answer) == {

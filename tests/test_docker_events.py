@@ -17,7 +17,7 @@ import pytest
 import trio
 
 from fractal_hostd.containers.info import ContainerInfo
-from fractal_hostd.containers.lifecycle import ContainerLifecycle
+from fractal_hostd.containers.lifecycle import ContainerLifecycle, run_inline
 from fractal_hostd.containers.registry import ContainerRegistry
 from fractal_hostd.docker.client import DockerClient
 from fractal_hostd.docker.cursor import EventCursor, format_since
@@ -42,7 +42,10 @@ class RecordingLifecycle:
     def __init__(self, mappings: Path) -> None:
         self.mappings = mappings
         self.registry = ContainerRegistry()
-        self.inner = ContainerLifecycle(mappings_dir=mappings, registry=self.registry)
+        # Inline file I/O: a worker thread would let the autojump clock run ahead.
+        self.inner = ContainerLifecycle(
+            mappings_dir=mappings, registry=self.registry, run_blocking=run_inline
+        )
         self.calls: list[tuple[str, str]] = []
         self.fail_ids: set[str] = set()
 

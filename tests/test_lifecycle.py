@@ -23,7 +23,8 @@ from fractal_hostd.containers import (
     ContainerUnknown,
     GoneHook,
 )
-from fractal_hostd.containers.mapping import MappingDir
+from fractal_hostd.containers.lifecycle import ContainerWithoutTty
+from fractal_hostd.containers.mapping import MappingDir, MappingFiles
 from tests.containers_fixtures import cid, dir_files, running
 
 LIFECYCLE_LOGGER = "fractal_hostd.containers.lifecycle"
@@ -198,13 +199,24 @@ async def test_exhaustion_leaves_container_unassigned_and_reports(
         await host.lifecycle.on_running(running(101, 41001))
     assert [r.message for r in caplog.records].count("no free TTY: container left without one") == 2
     assert host.files(100) == {"hostPort_for_my_32262_tcp": "41000"}
-    # The ready one keeps going without a TTY; the next freed TTY goes to the waiting one.
-    await host.lifecycle.set_start_values(41000, dpi=96)
+    # Never ready without a TTY: the start values are refused, nothing is written.
+    with pytest.raises(ContainerWithoutTty, match="has no TTY"):
+        await host.lifecycle.set_start_values(41000, dpi=96)
+    assert host.files(100) == {"hostPort_for_my_32262_tcp": "41000"}
+    record = host.registry.get(cid(100))
+    assert record is not None
+    assert (record.dpi, record.ready) == (None, False)
+    # The next freed TTY goes to the first waiting one, which can then be made ready.
     await host.lifecycle.on_gone(cid(5))
-    assert host.ttys()[cid(100)] is None
-    assert host.ttys()[cid(101)] == 15
-    assert host.files(101)["tty"] == "15"
-    assert "tty" not in host.files(100)
+    assert host.ttys()[cid(100)] == 15
+    assert host.ttys()[cid(101)] is None
+    await host.lifecycle.set_start_values(41000, dpi=96)
+    assert host.files(100) == {
+        "hostPort_for_my_32262_tcp": "41000",
+        "tty": "15",
+        "DPI": "96",
+        ".ready": ".ready",
+    }
 
 
 async def test_api_waiter_finds_files_on_disk_when_it_wakes(host: Host) -> None:
@@ -334,19 +346,30 @@ async def test_adopt_removes_dirs_of_gone_stopped_and_unmanaged(host: Host) -> N
     assert new.gone == []  # nothing was mounted by this incarnation
 
 
-async def test_adopt_restarts_garbage_dirs_afresh(
+async def test_adopt_repairs_garbage_keeping_what_the_container_read(
     host: Host, caplog: pytest.LogCaptureFixture
 ) -> None:
     await host.lifecycle.on_running(running(1, 40001))
     await host.lifecycle.on_running(running(2, 40002))
-    await host.lifecycle.set_start_values(40002, dpi=96)
+    await host.lifecycle.set_start_values(40002, dpi=96, container_arn="arn:2")
     (host.root / cid(2) / "DPI").write_text("ninety-six")
+    (host.root / cid(2) / "hostPort_for_my_32262_tcp").unlink()
     new = host.restart()
     with caplog.at_level(logging.WARNING):
         await new.lifecycle.adopt([running(1, 40001), running(2, 40002)])
-    assert "not adoptable" in caplog.text
-    assert new.files(2) == {"hostPort_for_my_32262_tcp": "40002", "tty": "11"}
-    assert new.registry.get(cid(2)) == ContainerRecord(id=cid(2), host_port=40002, tty=11)
+    assert "mapping directory repaired: DPI holds garbage" in caplog.text
+    # DPI, ContainerARN and .ready stay (the container may have read them); the missing
+    # host port file is written again, before .ready.
+    assert new.files(2) == {
+        "hostPort_for_my_32262_tcp": "40002",
+        "tty": "11",
+        "DPI": "ninety-six",
+        "ContainerARN": "arn:2",
+        ".ready": ".ready",
+    }
+    assert new.registry.get(cid(2)) == ContainerRecord(
+        id=cid(2), host_port=40002, tty=11, dpi=None, container_arn="arn:2", ready=True
+    )
 
 
 async def test_adopt_never_keeps_a_duplicate_tty(host: Host) -> None:
@@ -369,32 +392,49 @@ async def test_adopt_reassigned_ready_container_rewrites_ready_last(
         await host.lifecycle.on_running(running(n, 40000 + n))
         await host.lifecycle.set_start_values(40000 + n, dpi=96)
     (host.root / cid(1) / "tty").write_text("10")
-    renamed: list[str] = []
-    real_replace = os.replace
+    steps: list[str] = []
+    real_rename, real_unlink = os.rename, os.unlink
 
-    def spy(src: str, dst: str) -> None:
-        renamed.append(Path(dst).name)
-        real_replace(src, dst)
+    def rename(src: str, dst: str, **kwargs: int) -> None:
+        steps.append(f"write {dst}")
+        real_rename(src, dst, **kwargs)
 
-    monkeypatch.setattr("fractal_hostd.containers.mapping.os.replace", spy)
+    def unlink(name: str, **kwargs: int) -> None:
+        steps.append(f"remove {name}")
+        real_unlink(name, **kwargs)
+
+    monkeypatch.setattr("fractal_hostd.safefs.os.rename", rename)
+    monkeypatch.setattr("fractal_hostd.safefs.os.unlink", unlink)
     new = host.restart()
     await new.lifecycle.adopt([running(n, 40000 + n) for n in range(2)])
     assert new.ttys() == {cid(0): 10, cid(1): 11}
-    assert renamed == ["hostPort_for_my_32262_tcp", "tty", ".ready"]
+    # `.ready` goes before the tty it vouches for is rewritten, and comes back last.
+    assert steps == ["remove .ready", "write tty", "write .ready"]
 
 
-async def test_adopt_keeps_unassigned_containers(host: Host) -> None:
-    for n in range(56):
+async def test_adopt_gives_a_ready_container_without_tty_one_or_takes_ready_away(
+    host: Host,
+) -> None:
+    # Directories left by an older version: ready, but no `tty` (53 lost it, 54 never had
+    # one: the pool was exhausted when it started).
+    for n in range(55):
         await host.lifecycle.on_running(running(n, 40000 + n))
-    await host.lifecycle.set_start_values(40054, dpi=96)  # 54 went on without a TTY
-    await host.lifecycle.on_gone(cid(0))  # 55 gets tty 10 at once
-    await host.lifecycle.on_gone(cid(1))
+    await host.lifecycle.set_start_values(40053, dpi=96)
+    (host.root / cid(53) / "tty").unlink()
+    for name, text in (("DPI", "96"), (".ready", ".ready")):
+        (host.root / cid(54) / name).write_text(text)
+        (host.root / cid(54) / name).chmod(0o644)
     new = host.restart()
-    await new.lifecycle.adopt([running(n, 40000 + n) for n in range(2, 56)])
+    await new.lifecycle.adopt([running(n, 40000 + n) for n in range(55)])
+    # The one free TTY (63) goes to 53; none is left for 54, whose .ready goes.
+    assert new.ttys()[cid(53)] == 63
+    assert new.files(53)["tty"] == "63"
+    assert ".ready" in new.files(53)
     assert new.ttys()[cid(54)] is None
-    assert new.ttys()[cid(55)] == 10
-    assert new.files(54) == {".ready": ".ready", "DPI": "96", "hostPort_for_my_32262_tcp": "40054"}
-    assert new.registry.free_ttys == 1
+    assert new.files(54) == {"DPI": "96", "hostPort_for_my_32262_tcp": "40054"}
+    record = new.registry.get(cid(54))
+    assert record is not None
+    assert not record.ready
 
 
 async def test_adopt_gives_a_free_tty_to_a_waiting_unassigned_container(host: Host) -> None:
@@ -428,7 +468,7 @@ async def test_reconcile_applies_missed_events(host: Host) -> None:
     await host.lifecycle.adopt([])
     await host.lifecycle.on_running(running(1, 40001))
     await host.lifecycle.on_running(running(2, 40002))
-    MappingDir(host.root, cid(9)).write_running(40009, 30)  # left behind by someone
+    MappingDir(host.root, cid(9)).write(MappingFiles(40009, 30))  # left behind by someone
     await host.lifecycle.reconcile(
         [running(2, 40002), running(3, 40003), ContainerInfo(cid(4), None, True)]
     )

@@ -14,6 +14,7 @@ here: durability cannot be observed in a test and the syscalls would only slow t
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
 import shutil
@@ -41,11 +42,26 @@ from fractal_hostd.containers import (
     ContainerRegistry,
     ContainerUnknown,
 )
+from fractal_hostd.containers.lifecycle import ContainerWithoutTty
 from fractal_hostd.containers.ttypool import FIRST_TTY, LAST_TTY
 from tests.containers_fixtures import cid, dir_files
 
 PORTS = range(40000, 40100)
 GARBAGE = {"tty": "x", "hostPort_for_my_32262_tcp": "", "DPI": "-1", ".ready": "no"}
+
+
+class Disk:
+    """The disk under every machine: `full` makes each fsync fail with ENOSPC (the test
+    patches safefs's fsync with `fsync`; a no-op otherwise, since durability cannot be
+    observed here). `writers` is the nursery where each boot's file writer (retries) runs."""
+
+    full = False
+    writers: trio.Nursery | None = None
+
+    @classmethod
+    def fsync(cls, fd: int) -> None:
+        if cls.full:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
 
 def _fast_tmp() -> str | None:
@@ -71,7 +87,9 @@ class LifecycleMachine(RuleBasedStateMachine):
         self.next_n = 1
         self.world: dict[str, int] = {}  # running managed containers in Docker: id -> port
         self.told: dict[str, int] = {}  # what the lifecycle believes runs
-        self.start_values: dict[str, tuple[int, str | None]] = {}  # id -> (dpi, arn)
+        # id -> (dpi, arn) of a ready container; dpi None: garbage DPI adopted as unknown
+        self.start_values: dict[str, tuple[int | None, str | None]] = {}
+        self.garbage_left: dict[str, dict[str, str]] = {}  # id -> files adoption keeps as is
         self.unmounted: list[str] = []
         self._boot()
 
@@ -80,6 +98,8 @@ class LifecycleMachine(RuleBasedStateMachine):
         self.lifecycle = ContainerLifecycle(
             mappings_dir=self.root, registry=self.registry, on_gone=self._unmount
         )
+        if Disk.writers is not None:
+            run(Disk.writers.start, self.lifecycle.run_file_writer)
 
     async def _unmount(self, record: ContainerRecord) -> None:
         await trio.lowlevel.checkpoint()
@@ -110,6 +130,7 @@ class LifecycleMachine(RuleBasedStateMachine):
     def _sync_told_with_world(self) -> None:
         for gone in set(self.told) - set(self.world):
             self.start_values.pop(gone, None)
+            self.garbage_left.pop(gone, None)
         self.told = dict(self.world)
 
     # --- events the stream delivers -------------------------------------------------
@@ -161,6 +182,7 @@ class LifecycleMachine(RuleBasedStateMachine):
         assert self.unmounted == [container_id]
         del self.told[container_id]
         self.start_values.pop(container_id, None)
+        self.garbage_left.pop(container_id, None)
 
     @precondition(lambda self: self.told)
     @rule(data=st.data(), offset=st.integers(0, len(PORTS) - 1))
@@ -171,6 +193,7 @@ class LifecycleMachine(RuleBasedStateMachine):
         del self.told[container_id]
         self.world.pop(container_id, None)
         self.start_values.pop(container_id, None)
+        self.garbage_left.pop(container_id, None)
         port = self._free_port(offset)
         self.world[container_id] = port
         run(self.lifecycle.on_running, ContainerInfo(container_id, port, True))
@@ -192,10 +215,17 @@ class LifecycleMachine(RuleBasedStateMachine):
     )
     def set_start_values(self, data: st.DataObject, dpi: int, arn: str | None) -> None:
         container_id = data.draw(st.sampled_from(sorted(self.told)))
+        before = self.registry.get(container_id)
+        assert before is not None
+        if before.tty is None:
+            with pytest.raises(ContainerWithoutTty):
+                run(self._set, self.told[container_id], dpi, arn)
+            return
         record = run(self._set, self.told[container_id], dpi, arn)
         assert record.id == container_id
         old_arn = self.start_values.get(container_id, (0, None))[1]
         self.start_values[container_id] = (dpi, arn if arn is not None else old_arn)
+        self.garbage_left.get(container_id, {}).pop("DPI", None)
 
     async def _set(self, port: int, dpi: int, arn: str | None) -> ContainerRecord:
         return await self.lifecycle.set_start_values(port, dpi=dpi, container_arn=arn)
@@ -208,6 +238,47 @@ class LifecycleMachine(RuleBasedStateMachine):
         except ContainerUnknown:
             return
         raise AssertionError("a port nobody has was accepted")
+
+    # --- a full disk ------------------------------------------------------------------
+
+    @precondition(lambda self: len(self.world) < 60)
+    @rule(
+        count=st.integers(0, 3),
+        offset=st.integers(0, len(PORTS) - 1),
+        data=st.data(),
+        dpi=st.integers(1, 400),
+    )
+    def full_disk_for_a_while(self, count: int, offset: int, data: st.DataObject, dpi: int) -> None:
+        Disk.full = True
+        try:
+            self.start(count, offset)  # registered, files pending
+            assert self.lifecycle.pending_writes >= count
+            if self.told:
+                self._start_values_on_a_full_disk(data, dpi)
+        finally:
+            Disk.full = False
+        run(self._drain)  # written without any other event
+
+    def _start_values_on_a_full_disk(self, data: st.DataObject, dpi: int) -> None:
+        container_id = data.draw(st.sampled_from(sorted(self.told)))
+        record = self.registry.get(container_id)
+        assert record is not None
+        try:
+            run(self._set, self.told[container_id], dpi, None)
+        except ContainerWithoutTty:
+            assert record.tty is None
+            return
+        except OSError:
+            pass  # the API's 406; the values land with the retry
+        old_arn = self.start_values.get(container_id, (0, None))[1]
+        self.start_values[container_id] = (dpi, old_arn)
+        self.garbage_left.get(container_id, {}).pop("DPI", None)
+
+    async def _drain(self) -> None:
+        with trio.fail_after(30):
+            while self.lifecycle.pending_writes:
+                await trio.sleep(0.001)
+        assert not [r.id for r in self.registry.records() if r.files_pending]
 
     # --- Docker changes we never heard of, and how we catch up -------------------------
 
@@ -253,7 +324,17 @@ class LifecycleMachine(RuleBasedStateMachine):
         self.world.setdefault(victim, self.told[victim])
         self._boot()
         run(self.lifecycle.adopt, self._infos())
-        self.start_values.pop(victim, None)  # not adoptable: started afresh
+        # Adoption repairs what it can and removes nothing the container may have read.
+        if name == "DPI" and victim in self.start_values:
+            self.start_values[victim] = (None, self.start_values[victim][1])
+        if name == "DPI":
+            self.garbage_left.setdefault(victim, {})["DPI"] = GARBAGE[name]
+        if name == ".ready" and victim not in self.start_values:
+            self.start_values[victim] = (None, None)  # a `.ready` counts, whoever made it
+        record = self.registry.get(victim)
+        assert record is not None
+        if record.tty is None:
+            self.start_values.pop(victim, None)  # never ready without a TTY
         self._sync_told_with_world()
 
     @precondition(lambda self: len(self.told) >= 2)
@@ -300,25 +381,37 @@ class LifecycleMachine(RuleBasedStateMachine):
             if record.id in self.start_values:
                 dpi, arn = self.start_values[record.id]
                 assert (record.dpi, record.container_arn, record.ready) == (dpi, arn, True)
-                expected.update({"DPI": str(dpi), ".ready": ".ready"})
+                expected[".ready"] = ".ready"
+                if dpi is not None:
+                    expected["DPI"] = str(dpi)
                 if arn is not None:
                     expected["ContainerARN"] = arn
             else:
                 assert not record.ready
+            expected.update(self.garbage_left.get(record.id, {}))
             assert files == expected
 
 
 async def test_lifecycle_state_machine(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("fractal_hostd.containers.mapping.os.fsync", lambda fd: None)
-    await trio.to_thread.run_sync(
-        functools.partial(
-            run_state_machine_as_test,
-            LifecycleMachine,
-            settings=settings(
-                max_examples=100,
-                stateful_step_count=50,
-                deadline=None,
-                suppress_health_check=[HealthCheck.too_slow],
-            ),
-        )
-    )
+    monkeypatch.setattr("fractal_hostd.safefs.os.fsync", Disk.fsync)
+    # Real time here: retries every millisecond instead of from 0.1 s.
+    monkeypatch.setattr("fractal_hostd.containers.lifecycle.RETRY_FIRST_DELAY", 0.001)
+    monkeypatch.setattr("fractal_hostd.containers.lifecycle.RETRY_MAX_DELAY", 0.002)
+    async with trio.open_nursery() as nursery:
+        Disk.writers = nursery
+        try:
+            await trio.to_thread.run_sync(
+                functools.partial(
+                    run_state_machine_as_test,
+                    LifecycleMachine,
+                    settings=settings(
+                        max_examples=100,
+                        stateful_step_count=50,
+                        deadline=None,
+                        suppress_health_check=[HealthCheck.too_slow],
+                    ),
+                )
+            )
+        finally:
+            Disk.writers = None
+            nursery.cancel_scope.cancel()

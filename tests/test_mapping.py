@@ -1,4 +1,4 @@
-"""MappingDir: the files of contract §3, their modes, atomic writes and read-back."""
+"""MappingDir: the files of contract §3, their modes, atomic writes, order and read-back."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from fractal_hostd.containers import mapping
-from fractal_hostd.containers.mapping import MappingContents, MappingDir, MappingInvalid
+from fractal_hostd.containers.mapping import MappingContents, MappingDir, MappingFiles
 
 CID = "ab" * 32
 
@@ -33,11 +33,15 @@ def mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
 
 
+def ready(port: int, tty: int | None, dpi: int, arn: str | None = None) -> MappingFiles:
+    return MappingFiles(port, tty, dpi, arn, ready=True)
+
+
 @pytest.mark.usefixtures("strict_umask")
 def test_running_files_layout_and_modes(tmp_path: Path) -> None:
     root = tmp_path / "containerResourceMappings"
     m = MappingDir(root, CID)
-    m.write_running(40001, 12)
+    m.write(MappingFiles(40001, 12))
     assert m.path == root / CID
     assert mode(root) == 0o755
     assert mode(m.path) == 0o755
@@ -48,8 +52,8 @@ def test_running_files_layout_and_modes(tmp_path: Path) -> None:
 @pytest.mark.usefixtures("strict_umask")
 def test_start_values_then_ready(tmp_path: Path) -> None:
     m = MappingDir(tmp_path, CID)
-    m.write_running(40001, 12)
-    m.write_start_values(96, "arn:aws:ecs:us-east-1:1:task/x")
+    m.write(MappingFiles(40001, 12))
+    m.write(ready(40001, 12, 96, "arn:aws:ecs:us-east-1:1:task/x"))
     assert files(m.path) == {
         ".ready": ".ready",
         "ContainerARN": "arn:aws:ecs:us-east-1:1:task/x",
@@ -64,111 +68,141 @@ def test_ready_is_written_last_and_every_write_is_a_rename(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     m = MappingDir(tmp_path, CID)
-    m.write_running(40001, 12)
+    m.write(MappingFiles(40001, 12))
     renamed: list[str] = []
-    real_replace = os.replace
+    real_rename = os.rename
 
-    def spy(src: str | Path, dst: str | Path) -> None:
-        assert Path(src).parent == Path(dst).parent == m.path  # same directory: atomic
-        renamed.append(Path(dst).name)
-        real_replace(src, dst)
+    def spy(src: str, dst: str, *, src_dir_fd: int, dst_dir_fd: int) -> None:
+        assert src_dir_fd == dst_dir_fd  # same directory: atomic
+        assert "/" not in src
+        assert "/" not in dst
+        renamed.append(dst)
+        real_rename(src, dst, src_dir_fd=src_dir_fd, dst_dir_fd=dst_dir_fd)
 
-    monkeypatch.setattr("fractal_hostd.containers.mapping.os.replace", spy)
-    m.write_start_values(120, "arn:x")
+    monkeypatch.setattr("fractal_hostd.safefs.os.rename", spy)
+    m.write(ready(40001, 12, 120, "arn:x"))
     assert renamed == ["DPI", "ContainerARN", ".ready"]
+    # Unchanged values are not rewritten, but a change always rewrites .ready after it.
+    renamed.clear()
+    m.write(ready(40001, 12, 120, "arn:x"))
+    assert renamed == []
+    m.write(ready(40001, 12, 144, "arn:x"))
+    assert renamed == ["DPI", ".ready"]
     assert not [p for p in m.path.iterdir() if p.name.endswith(".tmp")]
 
 
 def test_rewrite_keeps_last_value_and_keeps_arn_when_not_given(tmp_path: Path) -> None:
     m = MappingDir(tmp_path, CID)
-    m.write_running(40001, 12)
-    m.write_start_values(96, "arn:1")
-    m.write_start_values(144, None)
+    m.write(ready(40001, 12, 96, "arn:1"))
+    m.write(ready(40001, 12, 144, None))
     assert m.read() == MappingContents(40001, 12, 144, "arn:1", True)
 
 
-def test_no_tty_leaves_tty_file_out_and_removes_a_stale_one(tmp_path: Path) -> None:
+def test_no_tty_leaves_tty_file_and_ready_out(tmp_path: Path) -> None:
     m = MappingDir(tmp_path, CID)
-    m.write_running(40001, None)
+    m.write(MappingFiles(40001, None))
     assert files(m.path) == {"hostPort_for_my_32262_tcp": "40001"}
-    m.write_running(40001, 20)
-    m.write_running(40001, None)
-    assert "tty" not in files(m.path)
+    m.write(ready(40001, 20, 96))
+    m.write(ready(40001, None, 96))
+    assert files(m.path) == {"hostPort_for_my_32262_tcp": "40001", "DPI": "96"}
+
+
+def test_a_stale_ready_goes_before_a_missing_tty_is_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    m = MappingDir(tmp_path, CID)
+    m.write(ready(40001, 12, 96))
+    (m.path / "tty").unlink()
+    seen: list[tuple[str, bool]] = []
+    real_rename = os.rename
+
+    def spy(src: str, dst: str, **fds: int) -> None:
+        seen.append((dst, (m.path / ".ready").exists()))
+        real_rename(src, dst, **fds)
+
+    monkeypatch.setattr("fractal_hostd.safefs.os.rename", spy)
+    m.write(ready(40001, 12, 96))
+    assert seen == [("tty", False), (".ready", False)]
+    assert files(m.path)["tty"] == "12"
 
 
 def test_read_back(tmp_path: Path) -> None:
     m = MappingDir(tmp_path, CID)
-    m.write_running(40001, 63)
+    m.write(MappingFiles(40001, 63))
     assert m.read() == MappingContents(40001, 63, None, None, False)
 
 
 @pytest.mark.parametrize(
-    ("name", "content"),
+    ("name", "content", "field"),
     [
-        ("hostPort_for_my_32262_tcp", "40001\n"),
-        ("hostPort_for_my_32262_tcp", "0"),
-        ("hostPort_for_my_32262_tcp", "99999"),
-        ("tty", ""),
-        ("tty", "9"),
-        ("tty", "64"),
-        ("tty", "12\n"),
-        ("tty", "+12"),
-        ("tty", "\uff11\uff12"),  # fullwidth digits: isdigit() but not ours
-        ("tty", "1" * 5000),
-        ("DPI", "0"),
-        ("DPI", "abc"),
-        ("DPI", "96 "),
-        ("ContainerARN", ""),
-        ("ContainerARN", "arn\nx"),
-        (".ready", "yes"),
+        ("hostPort_for_my_32262_tcp", "40001\n", "host_port"),
+        ("hostPort_for_my_32262_tcp", "0", "host_port"),
+        ("hostPort_for_my_32262_tcp", "99999", "host_port"),
+        ("tty", "", "tty"),
+        ("tty", "9", "tty"),
+        ("tty", "64", "tty"),
+        ("tty", "12\n", "tty"),
+        ("tty", "+12", "tty"),
+        ("tty", "\uff11\uff12", "tty"),  # fullwidth digits: isdigit() but not ours
+        ("tty", "1" * 5000, "tty"),
+        ("DPI", "0", "dpi"),
+        ("DPI", "abc", "dpi"),
+        ("DPI", "96 ", "dpi"),
+        ("ContainerARN", "", "container_arn"),
+        ("ContainerARN", "arn\nx", "container_arn"),
     ],
 )
-def test_garbage_is_not_adoptable(tmp_path: Path, name: str, content: str) -> None:
+def test_garbage_reads_as_none_and_spares_the_other_files(
+    tmp_path: Path, name: str, content: str, field: str
+) -> None:
     m = MappingDir(tmp_path, CID)
-    m.write_running(40001, 12)
-    m.write_start_values(96, None)
+    m.write(ready(40001, 12, 96, "arn:1"))
     (m.path / name).write_text(content)
-    with pytest.raises(MappingInvalid):
-        m.read()
+    contents = m.read()
+    assert getattr(contents, field) is None
+    assert contents.problems
+    assert contents.problems[0].startswith(name)
+    good = {"host_port": 40001, "tty": 12, "dpi": 96, "container_arn": "arn:1"}
+    assert all(getattr(contents, k) == v for k, v in good.items() if k != field)
+    assert contents.ready
 
 
-def test_binary_garbage_is_not_adoptable(tmp_path: Path) -> None:
+def test_ready_with_garbage_content_still_counts_as_ready(tmp_path: Path) -> None:
     m = MappingDir(tmp_path, CID)
-    m.write_running(40001, 12)
+    m.write(ready(40001, 12, 96))
+    (m.path / ".ready").write_text("yes")
+    contents = m.read()
+    assert contents.ready
+    assert contents.problems == (".ready holds garbage",)
+    m.write(ready(40001, 12, 96))
+    assert files(m.path)[".ready"] == ".ready"
+
+
+def test_binary_garbage_is_not_text(tmp_path: Path) -> None:
+    m = MappingDir(tmp_path, CID)
+    m.write(MappingFiles(40001, 12))
     (m.path / "tty").write_bytes(b"\xff\xfe")
-    with pytest.raises(MappingInvalid, match="not text"):
-        m.read()
+    assert m.read().problems == ("tty is not text",)
 
 
-def test_missing_host_port_is_not_adoptable(tmp_path: Path) -> None:
+def test_missing_files_read_as_none(tmp_path: Path) -> None:
     m = MappingDir(tmp_path, CID)
-    m.write_running(40001, 12)
+    m.write(ready(40001, 12, 96))
     (m.path / "hostPort_for_my_32262_tcp").unlink()
-    with pytest.raises(MappingInvalid, match="missing"):
-        m.read()
+    (m.path / "tty").unlink()
+    assert m.read() == MappingContents(None, None, 96, None, True)
 
 
-def test_missing_tty_reads_as_unassigned(tmp_path: Path) -> None:
+def test_a_directory_in_place_of_a_file_is_garbage_and_gets_replaced(tmp_path: Path) -> None:
     m = MappingDir(tmp_path, CID)
-    m.write_running(40001, None)
-    m.write_start_values(96, None)
-    assert m.read() == MappingContents(40001, None, 96, None, True)
-
-
-def test_ready_without_dpi_is_not_adoptable(tmp_path: Path) -> None:
-    m = MappingDir(tmp_path, CID)
-    m.write_running(40001, 12)
-    (m.path / ".ready").write_text(".ready")
-    with pytest.raises(MappingInvalid):
-        m.read()
-
-
-def test_a_directory_in_place_of_a_file_is_not_adoptable(tmp_path: Path) -> None:
-    m = MappingDir(tmp_path, CID)
-    m.write_running(40001, 12)
+    m.write(MappingFiles(40001, 12))
     (m.path / "DPI").mkdir()
-    with pytest.raises(MappingInvalid, match="unreadable"):
-        m.read()
+    (m.path / "DPI" / "inner").write_text("x")
+    contents = m.read()
+    assert contents.dpi is None
+    assert contents.problems[0].startswith("DPI is unexpected")
+    m.write(ready(40001, 12, 96))
+    assert files(m.path)["DPI"] == "96"
 
 
 @pytest.mark.parametrize(
@@ -181,14 +215,22 @@ def test_ids_that_are_not_64_hex_are_refused(tmp_path: Path, bad_id: str) -> Non
 
 def test_remove_is_idempotent(tmp_path: Path) -> None:
     m = MappingDir(tmp_path, CID)
-    m.write_running(40001, 12)
+    m.write(MappingFiles(40001, 12))
     m.remove()
-    assert not m.exists()
+    assert not m.path.exists()
     m.remove()
+    MappingDir(tmp_path / "missing", CID).remove()
 
 
 def test_list_mapping_entries(tmp_path: Path) -> None:
     assert mapping.list_mapping_entries(tmp_path / "missing") == []
-    MappingDir(tmp_path, CID).write_running(1, 10)
+    MappingDir(tmp_path, CID).write(MappingFiles(1, 10))
     (tmp_path / "junk").mkdir()
-    assert mapping.list_mapping_entries(tmp_path) == [CID, "junk"]
+    (tmp_path / "file").write_text("")
+    (tmp_path / "link").symlink_to("/")
+    assert mapping.list_mapping_entries(tmp_path) == [
+        (CID, "dir"),
+        ("file", "file"),
+        ("junk", "dir"),
+        ("link", "link"),
+    ]

@@ -383,6 +383,7 @@ _DOCUMENT: dict[str, Any] = {
                     "dpi": {"type": ["integer", "null"]},
                     "container_arn": {"type": ["string", "null"]},
                     "ready": {"type": "boolean"},
+                    "files_pending": {"type": "boolean"},
                     "cloud_storage": {"type": "array", "items": {"type": "string"}},
                 },
             },

@@ -36,7 +36,11 @@ from fractal_hostd.api.validation import (
     parse_start_values_request,
 )
 from fractal_hostd.cloud_storage import MountFailed, OAuthToken
-from fractal_hostd.containers.lifecycle import ContainerLifecycle, ContainerUnknown
+from fractal_hostd.containers.lifecycle import (
+    ContainerLifecycle,
+    ContainerUnknown,
+    ContainerWithoutTty,
+)
 from fractal_hostd.containers.registry import ContainerRecord, ContainerRegistry
 from fractal_hostd.history import ContainerHistory, ErrorRing
 from fractal_hostd.hoststate import DrainNotice, HostState
@@ -239,12 +243,15 @@ async def _write_start_values(ctx: ApiContext, values: StartValues) -> dict[str,
     except ContainerUnknown as exc:
         # It died between the lookup and the write.
         raise NotCarriedOut(f"no container with host port {values.host_port}") from exc
+    except ContainerWithoutTty as exc:
+        raise NotCarriedOut(str(exc)) from exc
     except ValueError as exc:  # the lifecycle's own checks, should validation ever drift
         raise BadRequest(str(exc)) from exc
     except OSError as exc:
         logger.error("writing start values failed: %s", exc, extra={"host_port": values.host_port})
         raise NotCarriedOut(
-            f"could not write the container's files: {exc.strerror or type(exc).__name__}"
+            f"could not write the container's files: {exc.strerror or type(exc).__name__} "
+            "(retrying in the background)"
         ) from exc
     ctx.history.record(record.id, "dpi set", f"dpi {values.dpi}")
     _log_context(container_id=record.id, host_port=values.host_port, dpi=values.dpi)

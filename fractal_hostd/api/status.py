@@ -82,5 +82,6 @@ def container_summary(record: ContainerRecord) -> dict[str, Any]:
         "dpi": record.dpi,
         "container_arn": record.container_arn,
         "ready": record.ready,
+        "files_pending": record.files_pending,
         "cloud_storage": list(record.cloud_storage),
     }

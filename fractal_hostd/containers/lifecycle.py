@@ -1,22 +1,30 @@
 """What happens to a managed container's resources as Docker reports it running or gone.
 
 The Docker event stream calls `on_running`/`on_gone` (and `adopt` once, then `reconcile`
-after every reconnect); the API calls `set_start_values`. All of it runs in one trio
-thread, and every step that touches the registry, the TTY pool and the files is plain
-synchronous code: no other task can run in the middle of one. The only awaits are the
-per-container lock and the on_gone hook (cloud-storage unmount). The lock serialises the
-steps of one container, so a die that arrives while its hook or an API write is waiting
-cannot leave a directory behind, and a quick restart of the same id waits until the old
+after every reconnect); the API calls `set_start_values`. The registry and the TTY pool are
+changed by plain synchronous code, so no other task runs in the middle of a bookkeeping
+step. File I/O (fsyncs) runs in a worker thread, so a slow disk never stalls the event loop.
+A per-container lock serialises everything done for one container, which keeps its writes in
+order, makes a die that arrives while a write or the on_gone hook (cloud-storage unmount) is
+waiting wait its turn, and makes a quick restart of the same id wait until the old
 incarnation's directory is gone before it writes the new one.
+
+The record in the registry is the wanted state; `MappingDir.write` makes the disk match it.
+A write that fails (disk full, I/O error, read-only file system) marks the record
+`files_pending` and is retried by `run_file_writer` with a bounded backoff, without waiting
+for another event (contract §3).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
+import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Container, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Protocol, TypeVar
 
 import trio
 
@@ -24,15 +32,44 @@ from fractal_hostd.containers.adoption import plan_adoption
 from fractal_hostd.containers.info import ContainerInfo, is_container_id
 from fractal_hostd.containers.mapping import (
     MappingDir,
+    MappingFiles,
     is_valid_arn,
     is_valid_dpi,
     list_mapping_entries,
+    probe_writable,
+    remove_entry,
 )
 from fractal_hostd.containers.registry import ContainerRecord, ContainerRegistry
 
 logger = logging.getLogger(__name__)
 
 GoneHook = Callable[[ContainerRecord], Awaitable[None]]
+T = TypeVar("T")
+
+
+class BlockingRunner(Protocol):
+    """How the lifecycle runs its blocking file I/O."""
+
+    def __call__(self, fn: Callable[[], T], /) -> Awaitable[T]: ...
+
+
+async def run_in_thread(fn: Callable[[], T]) -> T:
+    """The default: a worker thread, so fsyncs never stall the event loop. Not abandoned on
+    cancel: a write, once started, finishes before the caller sees the cancellation."""
+    return await trio.to_thread.run_sync(fn)
+
+
+async def run_inline(fn: Callable[[], T]) -> T:
+    """In the event loop itself: for tests under trio's autojump clock, which would jump
+    virtual time forward while a worker thread runs."""
+    await trio.lowlevel.checkpoint()
+    return fn()
+
+
+# Backoff of a failed write: short first (a transient EIO), then at most every few seconds
+# (a disk that fills up is emptied by a person, not by us).
+RETRY_FIRST_DELAY = 0.1
+RETRY_MAX_DELAY = 5.0
 
 
 class ContainerUnknown(Exception):
@@ -43,10 +80,31 @@ class ContainerUnknown(Exception):
         self.host_port = host_port
 
 
+class ContainerWithoutTty(Exception):
+    """The container got no TTY (pool exhausted): it can never be ready (the API answers 406)."""
+
+    def __init__(self, host_port: int) -> None:
+        super().__init__(
+            f"container with host port {host_port} has no TTY (all TTYs are taken): "
+            "start values not written"
+        )
+        self.host_port = host_port
+
+
+class MappingsUnwritable(Exception):
+    """FRACTAL_ROOT cannot be written at start-up: a fatal condition (contract §3)."""
+
+
 @dataclass
 class _LockSlot:
     lock: trio.Lock = field(default_factory=trio.Lock)
     users: int = 0
+
+
+@dataclass
+class _Retry:
+    delay: float
+    due: float
 
 
 class ContainerLifecycle:
@@ -56,41 +114,74 @@ class ContainerLifecycle:
         mappings_dir: Path,
         registry: ContainerRegistry,
         on_gone: GoneHook | None = None,
+        run_blocking: BlockingRunner = run_in_thread,
     ) -> None:
         self._mappings_dir = mappings_dir
+        self._run_blocking = run_blocking
         self._registry = registry
         self._pool = registry.tty_pool
         self._on_gone_hook = on_gone
         self._locks: dict[str, _LockSlot] = {}
+        self._retries: dict[str, _Retry] = {}
+        self._retry_added = trio.Event()
+
+    async def run_file_writer(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Check that FRACTAL_ROOT can be written (raises MappingsUnwritable, naming it, when
+        not), then retry failed writes forever. Start it before the Docker event stream."""
+        try:
+            await self._io(probe_writable, self._mappings_dir)
+        except OSError as exc:
+            raise MappingsUnwritable(
+                f"cannot write in FRACTAL_ROOT={self._mappings_dir.parent}: {exc.strerror or exc}"
+            ) from exc
+        task_status.started()
+        while True:
+            now = trio.current_time()
+            for container_id, retry in list(self._retries.items()):
+                if retry.due <= now:
+                    await self._retry(container_id)
+            next_due = min((r.due for r in self._retries.values()), default=math.inf)
+            added = self._retry_added
+            with trio.move_on_at(next_due):
+                await added.wait()
+
+    @property
+    def pending_writes(self) -> int:
+        return len(self._retries)
 
     async def adopt(self, running: Sequence[ContainerInfo]) -> None:
         """Start-up (contract §8): keep the TTY and files of every running managed container
-        with a valid directory, give fresh ones to the others, remove all other directories."""
-        await trio.lowlevel.checkpoint()
+        with a directory, repair what is missing, give fresh resources to the others, remove
+        all other entries."""
         if self._registry.records():
             raise RuntimeError("adopt() is for start-up; use reconcile() afterwards")
-        plan = plan_adoption(self._mappings_dir, _live_managed(running))
+        plan = await self._io(plan_adoption, self._mappings_dir, _live_managed(running))
         for container_id in plan.remove:
-            MappingDir(self._mappings_dir, container_id).remove()
+            await self._remove_dir(container_id)
         # Claim every kept TTY before handing out any new one.
-        for record in [*plan.keep, *plan.rewrite]:
-            if record.tty is not None and not self._pool.claim(record.tty):
-                raise AssertionError("adoption plan holds a TTY twice")
         for record in plan.keep:
-            self._registry.add(record)
-        for record in plan.rewrite:
-            self._write_running(record)
-            self._registry.add(record)
+            if record.tty is None or not self._pool.claim(record.tty):
+                raise AssertionError("adoption plan holds a TTY twice")
         for record in plan.new_tty:
             self._give_tty(record)
-            self._write_running(record)
+            if record.tty is None and record.ready:
+                # `.ready` must never stand without `tty`: it goes, until a TTY frees up.
+                logger.error(
+                    "ready container without a TTY: its .ready is removed",
+                    extra={"container_id": record.id},
+                )
+                record.ready = False
+        for record in [*plan.keep, *plan.new_tty]:
+            # Files first: whoever wakes on the registry (the API) may write into the directory.
+            await self._write(record)
             self._registry.add(record)
         for info in plan.fresh:
-            self._start(info)
+            await self._start(info)
         logger.info(
-            "adopted %d containers, %d got fresh resources, %d directories removed "
-            "(stale or not adoptable)",
-            len(plan.keep) + len(plan.rewrite) + len(plan.new_tty),
+            "adopted %d containers, %d got fresh resources, %d entries removed",
+            len(plan.keep) + len(plan.new_tty),
             len(plan.fresh),
             len(plan.remove),
         )
@@ -107,11 +198,11 @@ class ContainerLifecycle:
         async with self._locked(info.id):
             record = self._registry.get(info.id)
             if record is None:
-                self._start(info)
+                await self._start(info)
             elif record.host_port != info.host_port:
                 # Only a missed die+start can change a live container's port.
                 self._registry.move_port(record, info.host_port)
-                self._write_running(record)
+                await self._write(record)
 
     async def on_gone(self, container_id: str) -> None:
         """Die or destroy (idempotent, unknown ids fine): unmount cloud storage, remove the
@@ -121,10 +212,15 @@ class ContainerLifecycle:
             return
         async with self._locked(container_id):
             record = self._registry.remove(container_id)
+            self._retries.pop(container_id, None)
             if record is None:
                 # Never seen (or already cleaned up): nothing to unmount, but make sure no
-                # directory survives, whatever left it.
-                MappingDir(self._mappings_dir, container_id).remove()
+                # directory survives, whatever left it. Most such dies are of containers we
+                # never managed: one lstat (a link is not followed) spares them the thread.
+                if MappingDir(self._mappings_dir, container_id).present():
+                    await self._remove_dir(container_id)
+                else:
+                    await trio.lowlevel.checkpoint()
                 return
             try:
                 if self._on_gone_hook is not None:
@@ -132,14 +228,17 @@ class ContainerLifecycle:
             except Exception:
                 logger.exception("on_gone hook failed", extra={"container_id": container_id})
             finally:
-                # Synchronous, so it completes even when we are being cancelled.
+                # Shielded: it completes even when we are being cancelled.
+                with trio.CancelScope(shield=True):
+                    await self._remove_dir(container_id)
                 self._release(record)
+        await self._hand_tty_to_waiting()
 
     async def reconcile(
         self, running: Sequence[ContainerInfo], *, leave_alone: Container[str] = frozenset()
     ) -> None:
         """`running` is the full truth: every record not in it is gone, every running
-        managed container in it is registered, every other directory is removed.
+        managed container in it is registered, every other entry is removed.
 
         Except for the ids in `leave_alone`: events newer than `running` arrived for them
         (the event stream reconciles alongside its events) and decide alone. It is read at
@@ -151,7 +250,7 @@ class ContainerLifecycle:
         for info in live.values():
             if info.id not in leave_alone:
                 await self.on_running(info)
-        self._remove_orphan_dirs()
+        await self._check_entries(leave_alone)
 
     def known_host_ports(self) -> dict[str, int]:
         """Id → host port of every registered container: a reconcile confirms with an
@@ -163,7 +262,8 @@ class ContainerLifecycle:
     ) -> ContainerRecord:
         """Write DPI (and ContainerARN) then ``.ready``; idempotent, the last value wins.
         An empty ARN counts as none. Raises ContainerUnknown when no live container has the
-        port, ValueError for a bad dpi or ARN, OSError when the files cannot be written."""
+        port, ContainerWithoutTty when it has no TTY, ValueError for a bad dpi or ARN, and
+        OSError when the files cannot be written now (they are retried in the background)."""
         if container_arn == "":
             container_arn = None  # the webserver's way of saying "no ARN"
         if not is_valid_dpi(dpi):
@@ -178,19 +278,23 @@ class ContainerLifecycle:
             # The lock may have waited for a die of this very container: look again.
             if self._registry.get(record.id) is not record or record.host_port != host_port:
                 raise ContainerUnknown(host_port)
-            MappingDir(self._mappings_dir, record.id).write_start_values(dpi, container_arn)
+            if record.tty is None:
+                raise ContainerWithoutTty(host_port)
             record.dpi = dpi
             if container_arn is not None:
                 record.container_arn = container_arn
             record.ready = True
+            error = await self._write(record)
+            if error is not None:
+                raise error
             return record
 
-    def _start(self, info: ContainerInfo) -> None:
+    async def _start(self, info: ContainerInfo) -> None:
         assert info.host_port is not None
         record = ContainerRecord(id=info.id, host_port=info.host_port, tty=None)
         self._give_tty(record)
         # Files first: whoever wakes on the registry (the API) may write into the directory.
-        self._write_running(record)
+        await self._write(record)
         self._registry.add(record)
         logger.info(
             "container running: host port %d, tty %s",
@@ -207,38 +311,100 @@ class ContainerLifecycle:
                 "no free TTY: container left without one", extra={"container_id": record.id}
             )
 
-    def _write_running(self, record: ContainerRecord) -> None:
+    async def _write(self, record: ContainerRecord) -> OSError | None:
+        """Make the disk match `record` (caller holds its lock, or runs adoption); on failure
+        schedule a retry and return the error."""
+        files = MappingFiles(
+            host_port=record.host_port,
+            tty=record.tty,
+            dpi=record.dpi,
+            container_arn=record.container_arn,
+            ready=record.ready,
+        )
         mapping = MappingDir(self._mappings_dir, record.id)
         try:
-            mapping.write_running(record.host_port, record.tty)
-            if record.ready:
-                mapping.rewrite_ready()
+            await self._io(mapping.write, files)
+        except OSError as exc:
+            # Error level (Sentry) once; the retries of a disk that stays full only at debug.
+            log = logger.debug if record.files_pending else logger.error
+            log(
+                "cannot write mapping directory (%s): retrying",
+                exc.strerror or exc,
+                extra={"container_id": record.id},
+            )
+            self._schedule_retry(record)
+            return exc
+        except BaseException:
+            self._schedule_retry(record)  # cancelled mid-write: the disk state is unknown
+            raise
+        if record.files_pending:
+            logger.info("mapping directory written after all", extra={"container_id": record.id})
+        record.files_pending = False
+        self._retries.pop(record.id, None)
+        return None
+
+    def _schedule_retry(self, record: ContainerRecord) -> None:
+        record.files_pending = True
+        retry = self._retries.get(record.id)
+        delay = RETRY_FIRST_DELAY if retry is None else min(retry.delay * 2, RETRY_MAX_DELAY)
+        self._retries[record.id] = _Retry(delay=delay, due=trio.current_time() + delay)
+        self._retry_added.set()
+        self._retry_added = trio.Event()
+
+    async def _retry(self, container_id: str) -> None:
+        async with self._locked(container_id):
+            record = self._registry.get(container_id)
+            if record is None:
+                self._retries.pop(container_id, None)  # gone meanwhile: nothing to write
+            elif container_id in self._retries:
+                await self._write(record)
+
+    async def _remove_dir(self, container_id: str) -> None:
+        try:
+            await self._io(remove_entry, self._mappings_dir, container_id)
         except OSError:
-            logger.exception("cannot write mapping directory", extra={"container_id": record.id})
+            logger.exception(
+                "cannot remove mapping directory", extra={"container_id": container_id}
+            )
 
     def _release(self, record: ContainerRecord) -> None:
-        try:
-            MappingDir(self._mappings_dir, record.id).remove()
-        except OSError:
-            logger.exception("cannot remove mapping directory", extra={"container_id": record.id})
         if record.tty is not None:
             self._pool.release(record.tty)
-            self._hand_tty_to_waiting()
         logger.info("container gone", extra={"container_id": record.id})
 
-    def _hand_tty_to_waiting(self) -> None:
-        # A container that started while the pool was exhausted gets the freed TTY, as long
-        # as it is not ready yet: its `tty` file must still come before `.ready`.
+    async def _hand_tty_to_waiting(self) -> None:
+        # A container that started while the pool was exhausted gets a freed TTY, as long as
+        # it is not ready yet: its `tty` file must still come before `.ready`.
         for record in self._registry.records():
-            if record.tty is None and not record.ready:
-                self._give_tty(record)
-                self._write_running(record)
-                return
+            if record.tty is not None or record.ready or self._pool.free_count == 0:
+                continue
+            async with self._locked(record.id):
+                if self._registry.get(record.id) is record and record.tty is None:
+                    self._give_tty(record)
+                    await self._write(record)
+            return
 
-    def _remove_orphan_dirs(self) -> None:
-        for container_id in _mapping_ids(self._mappings_dir):
-            if self._registry.get(container_id) is None and container_id not in self._locks:
-                MappingDir(self._mappings_dir, container_id).remove()
+    async def _check_entries(self, leave_alone: Container[str] = frozenset()) -> None:
+        """Remove entries of containers we do not know; rewrite a live container's directory
+        when something else took its place (a container may have replaced it by a link)."""
+        entries = await self._io(list_mapping_entries, self._mappings_dir)
+        for name, kind in entries:
+            if not is_container_id(name) or name in self._locks or name in leave_alone:
+                continue  # not ours, being handled right now, or left to a newer event
+            async with self._locked(name):
+                record = self._registry.get(name)
+                if record is None:
+                    await self._remove_dir(name)
+                elif kind != "dir":
+                    logger.warning(
+                        "a %s took the place of a mapping directory: rewriting it",
+                        kind,
+                        extra={"container_id": name},
+                    )
+                    await self._write(record)
+
+    async def _io(self, fn: Callable[..., T], *args: Any) -> T:
+        return await self._run_blocking(functools.partial(fn, *args))
 
     @asynccontextmanager
     async def _locked(self, container_id: str) -> AsyncIterator[None]:
@@ -259,7 +425,3 @@ def _live_managed(running: Sequence[ContainerInfo]) -> dict[str, ContainerInfo]:
         for info in running
         if info.running and info.host_port is not None and is_container_id(info.id)
     }
-
-
-def _mapping_ids(mappings_dir: Path) -> list[str]:
-    return [name for name in list_mapping_entries(mappings_dir) if is_container_id(name)]

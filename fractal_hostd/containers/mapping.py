@@ -3,27 +3,34 @@
 Layout: ``<mappings_dir>/<64-hex id>/`` (0755) holding ``hostPort_for_my_32262_tcp``,
 ``tty``, ``DPI``, ``ContainerARN`` and ``.ready`` (0644, no trailing newline).
 
-Every file is replaced atomically: a temporary file in the same directory is written,
-fsynced, renamed over the target, and the directory is fsynced, so a reader sees the old
-value or the new one, never part of one. ``.ready`` is written last, after the directory
-fsync that makes DPI/ContainerARN durable, so after a crash ``.ready`` never exists without
-the values it vouches for.
+The directory is untrusted: the container it is mounted into can write there. All I/O goes
+through `fractal_hostd.safefs` (directory fds, O_NOFOLLOW, random O_EXCL temporary names), so a
+link planted at any name is replaced or refused, never followed. `mappings_dir.parent`
+(FRACTAL_ROOT) is the trusted root; `containerResourceMappings` and everything below it are not.
 
-The I/O is plain blocking calls. Measured on ext4 (2 cores): the two files written when a
-container starts cost ~0.6-1.1 ms p50 including fsyncs, far below the 5 ms start→tty budget.
-A thread hop (`trio.to_thread.run_sync`) would add latency and, worse, open an await in the
-middle of a container's bookkeeping where a die event could interleave. See docs/containers.md.
+`MappingDir.write` brings the directory to a wanted state (`MappingFiles`) and is idempotent,
+which is what makes a failed write retryable: it compares each file with the wanted value,
+rewrites only what differs, and keeps contract §3's order:
+- ``.ready`` is removed first when ``hostPort_for_my_32262_tcp`` or ``tty`` must be rewritten,
+  so it is never present while one of them is missing;
+- DPI/ContainerARN are durable (directory fsync) before ``.ready`` is written;
+- ``.ready`` is written last, again, whenever anything else was written.
+
+`read` is lenient: each file is judged alone, so garbage in one never costs the container the
+others (adoption keeps DPI, ContainerARN and ``.ready``; it repairs what is missing).
+
+The I/O blocks (fsyncs); the lifecycle runs it in a worker thread. See docs/containers.md.
 """
 
 from __future__ import annotations
 
-import contextlib
+import errno
+import logging
 import os
-import shutil
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from fractal_hostd import safefs
 from fractal_hostd.containers.info import is_container_id, parse_port
 from fractal_hostd.containers.ttypool import is_valid_tty
 
@@ -40,19 +47,31 @@ MAX_DPI = 10_000  # no display has more; bigger values are garbage, not a DPI
 MAX_FILE_BYTES = 4096  # a value file bigger than this is garbage: never read it whole
 
 
-class MappingInvalid(Exception):
-    """A mapping directory whose files cannot be trusted (garbage, missing, inconsistent)."""
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class MappingFiles:
+    """What a mapping directory should hold: the lifecycle's record, frozen for one write."""
+
+    host_port: int
+    tty: int | None  # None: no `tty` file (and then no `.ready` either)
+    dpi: int | None = None  # None: DPI left as it is on disk
+    container_arn: str | None = None  # None: ContainerARN left as it is on disk
+    ready: bool = False
 
 
 @dataclass(frozen=True)
 class MappingContents:
-    """What an existing mapping directory says (read back for adoption after a restart)."""
+    """What an existing mapping directory says, file by file (read back for adoption).
+    A value is None when its file is missing or not trustworthy; `problems` says which."""
 
-    host_port: int
+    host_port: int | None
     tty: int | None
     dpi: int | None
     container_arn: str | None
     ready: bool
+    problems: tuple[str, ...] = ()
 
 
 def is_valid_dpi(dpi: object) -> bool:
@@ -71,134 +90,149 @@ class MappingDir:
         if not is_container_id(container_id):
             raise ValueError("not a full 64-hex container id")
         self.path = mappings_dir / container_id
+        self._root = mappings_dir.parent
+        self._parts = (mappings_dir.name, container_id)
 
-    def write_running(self, host_port: int, tty: int | None) -> None:
-        """Create the directory with the files known when the container starts running.
-        Without a TTY (pool exhausted) the ``tty`` file is left out."""
-        _make_parents(self.path.parent)
-        created = _mkdir(self.path)
-        values = [(HOST_PORT_FILE, str(host_port))]
-        if tty is not None:
-            values.append((TTY_FILE, str(tty)))
-        else:
-            # Never leave a stale number behind (a TTY taken away at adoption).
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.path / TTY_FILE)
-        _write_files(self.path, values)
-        if created:
-            _fsync_dir(self.path.parent)
-
-    def write_start_values(self, dpi: int, container_arn: str | None) -> None:
-        """DPI (and ContainerARN), then ``.ready`` once those are durable."""
-        values = [(DPI_FILE, str(dpi))]
-        if container_arn is not None:
-            values.append((ARN_FILE, container_arn))
-        _write_files(self.path, values)
-        _write_files(self.path, [(READY_FILE, READY_CONTENT)])
-
-    def rewrite_ready(self) -> None:
-        """Write ``.ready`` again so it stays the last file written after a late change."""
-        _write_files(self.path, [(READY_FILE, READY_CONTENT)])
-
-    def exists(self) -> bool:
-        return self.path.is_dir()
+    def write(self, files: MappingFiles) -> None:
+        """Make the directory hold `files` (see the module doc for the order). Raises OSError
+        when a file cannot be written; calling it again later finishes the job."""
+        with safefs.opened(_open_dir(self._root, self._parts)) as dir_fd:
+            os.fchmod(dir_fd, DIR_MODE)  # also repairs a mode a container changed
+            base: list[tuple[str, str | None]] = [(HOST_PORT_FILE, str(files.host_port))]
+            base.append((TTY_FILE, None if files.tty is None else str(files.tty)))
+            stale = [(name, value) for name, value in base if _current(dir_fd, name) != value]
+            if (stale or files.tty is None) and safefs.remove_file(dir_fd, READY_FILE):
+                safefs.fsync_fd(dir_fd)  # `.ready` is gone before anything it vouches for goes
+            wrote = _put(dir_fd, stale)
+            values: list[tuple[str, str | None]] = []
+            if files.dpi is not None:
+                values.append((DPI_FILE, str(files.dpi)))
+            if files.container_arn is not None:
+                values.append((ARN_FILE, files.container_arn))
+            wrote += _put(dir_fd, [(n, v) for n, v in values if _current(dir_fd, n) != v])
+            ready_wanted = files.ready and files.tty is not None
+            if ready_wanted and (wrote or _current(dir_fd, READY_FILE) != READY_CONTENT):
+                safefs.write_file(dir_fd, READY_FILE, READY_CONTENT.encode(), mode=FILE_MODE)
 
     def read(self) -> MappingContents:
-        """Read the directory back; raises MappingInvalid when any file is not trustworthy."""
-        host_port = parse_port(_read_value(self.path / HOST_PORT_FILE, required=True))
-        if host_port is None:
-            raise MappingInvalid(f"{HOST_PORT_FILE} is not a port")
-        # No `tty` file: the container started while the TTY pool was exhausted.
-        tty_text = _read_value(self.path / TTY_FILE, required=False)
+        """Read the directory back, each file on its own. Raises OSError (FileNotFoundError,
+        safefs.UnexpectedEntry) only when the directory itself cannot be opened."""
+        problems: list[str] = []
+        with safefs.opened(safefs.open_path(self._root, self._parts)) as dir_fd:
+
+            def value(name: str) -> str | None:
+                text = _current(dir_fd, name)
+                if isinstance(text, _Garbage):
+                    problems.append(f"{name} {text.reason}")
+                    return None
+                return text
+
+            port_text, tty_text, dpi_text = value(HOST_PORT_FILE), value(TTY_FILE), value(DPI_FILE)
+            arn, ready_text = value(ARN_FILE), value(READY_FILE)
+        host_port = None if port_text is None else parse_port(port_text)
+        if port_text is not None and host_port is None:
+            problems.append(f"{HOST_PORT_FILE} holds garbage")
         tty = None if tty_text is None else _parse_int(tty_text)
         if tty_text is not None and not is_valid_tty(tty):
-            raise MappingInvalid(f"{TTY_FILE} is not a TTY number")
-        dpi_text = _read_value(self.path / DPI_FILE, required=False)
+            problems.append(f"{TTY_FILE} holds garbage")
+            tty = None
         dpi = None if dpi_text is None else _parse_int(dpi_text)
         if dpi_text is not None and not is_valid_dpi(dpi):
-            raise MappingInvalid(f"{DPI_FILE} is not a DPI")
-        arn = _read_value(self.path / ARN_FILE, required=False)
+            problems.append(f"{DPI_FILE} holds garbage")
+            dpi = None
         if arn is not None and not is_valid_arn(arn):
-            raise MappingInvalid(f"{ARN_FILE} is not an ARN")
-        ready_text = _read_value(self.path / READY_FILE, required=False)
+            problems.append(f"{ARN_FILE} holds garbage")
+            arn = None
         if ready_text is not None and ready_text != READY_CONTENT:
-            raise MappingInvalid(f"{READY_FILE} has unexpected content")
-        ready = ready_text is not None
-        if ready and dpi is None:
-            raise MappingInvalid(f"{READY_FILE} without {DPI_FILE}")
-        return MappingContents(host_port, tty, dpi, arn, ready)
+            problems.append(f"{READY_FILE} holds garbage")  # still there: the container saw it
+        return MappingContents(host_port, tty, dpi, arn, ready_text is not None, tuple(problems))
+
+    def present(self) -> bool:
+        """Whether anything sits at the directory's name: one lstat, cheap enough for the
+        event loop (a link is not followed; only a hint, `remove` decides safely)."""
+        return os.path.lexists(self.path)
 
     def remove(self) -> None:
-        """Remove the directory; a directory that is already gone is fine."""
-        with contextlib.suppress(FileNotFoundError):
-            shutil.rmtree(self.path)
-
-
-def list_mapping_entries(mappings_dir: Path) -> list[str]:
-    """Names in the mappings directory (ids and anything else); [] when it does not exist."""
-    try:
-        return sorted(os.listdir(mappings_dir))
-    except FileNotFoundError:
-        return []
-
-
-def _make_parents(path: Path) -> None:
-    # Missing ancestors (FRACTAL_ROOT, containerResourceMappings) get 0755 too, whatever the
-    # umask: containers must be able to traverse them. Existing ones are the operator's.
-    if not path.is_dir():
-        _make_parents(path.parent)
-        _mkdir(path)
-
-
-def _mkdir(path: Path) -> bool:
-    try:
-        path.mkdir(mode=DIR_MODE)
-    except FileExistsError:
-        created = False
-    else:
-        created = True
-    os.chmod(path, DIR_MODE)  # mkdir's mode is filtered by the umask
-    return created
-
-
-def _write_files(directory: Path, values: Iterable[tuple[str, str]]) -> None:
-    for name, value in values:
-        tmp = directory / f".{name}.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, FILE_MODE)
+        """Remove the directory (or whatever sits at its name), never following a link; a
+        directory that is already gone, or a mappings directory that is not one, is fine."""
         try:
-            os.fchmod(fd, FILE_MODE)  # open's mode is filtered by the umask
-            os.write(fd, value.encode())
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, directory / name)
-    _fsync_dir(directory)
+            parent = safefs.open_path(self._root, self._parts[:1])
+        except FileNotFoundError:
+            return
+        except safefs.UnexpectedEntry:
+            return  # nothing of ours can be below a link or file; the next write replaces it
+        with safefs.opened(parent):
+            safefs.remove_tree(parent, self._parts[1])
 
 
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+def _open_dir(root: Path, parts: tuple[str, str]) -> int:
+    # FRACTAL_ROOT and containerResourceMappings are made 0755 when missing (containers must
+    # traverse them); an existing FRACTAL_ROOT is the operator's and keeps its mode.
+    return safefs.open_path(root, parts, create=True, mode=DIR_MODE)
+
+
+@dataclass(frozen=True)
+class _Garbage:
+    reason: str
+
+
+def _current(dir_fd: int, name: str) -> str | _Garbage | None:
+    """The text of `name`; None when missing; _Garbage when it cannot be our file."""
     try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _read_value(path: Path, *, required: bool) -> str | None:
-    try:
-        with open(path, "rb") as f:
-            data = f.read(MAX_FILE_BYTES + 1)
-    except FileNotFoundError:
-        if required:
-            raise MappingInvalid(f"{path.name} is missing") from None
-        return None
+        data = safefs.read_file(dir_fd, name, max_bytes=MAX_FILE_BYTES)
+    except safefs.FileTooLarge:
+        return _Garbage("is too large")
+    except safefs.UnexpectedEntry as exc:
+        return _Garbage(f"is unexpected ({exc.strerror})")
     except OSError as exc:
-        raise MappingInvalid(f"{path.name} is unreadable: {exc.strerror}") from None
-    if len(data) > MAX_FILE_BYTES:
-        raise MappingInvalid(f"{path.name} is too large")
+        if exc.errno in _TRANSIENT:
+            raise  # a disk error is no verdict on the file: let the caller retry
+        return _Garbage(f"is unreadable ({exc.strerror})")
+    if data is None:
+        return None
     try:
         return data.decode()
     except UnicodeDecodeError:
-        raise MappingInvalid(f"{path.name} is not text") from None
+        return _Garbage("is not text")
+
+
+# Errors of the disk, not of the file: reading again later may well succeed.
+_TRANSIENT = frozenset({errno.EIO, errno.ENOSPC, errno.EROFS})
+
+
+def _put(dir_fd: int, values: list[tuple[str, str | None]]) -> int:
+    """Write (or for None remove) each value, each durable before the next; how many."""
+    for name, value in values:
+        if value is None:
+            if safefs.remove_file(dir_fd, name):
+                safefs.fsync_fd(dir_fd)
+        else:
+            safefs.write_file(dir_fd, name, value.encode(), mode=FILE_MODE)
+    return len(values)
+
+
+def list_mapping_entries(mappings_dir: Path) -> list[tuple[str, str]]:
+    """(name, kind) of every entry in the mappings directory (see safefs.list_entries); []
+    when it does not exist or is not a directory (logged: the next write replaces it)."""
+    try:
+        with safefs.opened(safefs.open_path(mappings_dir.parent, [mappings_dir.name])) as fd:
+            return safefs.list_entries(fd)
+    except FileNotFoundError:
+        return []
+    except safefs.UnexpectedEntry as exc:
+        logger.warning("mappings directory %s: %s", mappings_dir, exc.strerror)
+        return []
+
+
+def remove_entry(mappings_dir: Path, name: str) -> None:
+    """Remove whatever `name` is in the mappings directory, never following a link."""
+    MappingDir(mappings_dir, name).remove()
+
+
+def probe_writable(mappings_dir: Path) -> None:
+    """Raise the OSError that keeps the service from creating files in the mappings
+    directory (made, or replaced when it is not a directory, on the way)."""
+    safefs.probe_writable(mappings_dir.parent, [mappings_dir.name])
 
 
 def _parse_int(text: str | None) -> int | None:

@@ -27,6 +27,8 @@ class ContainerRecord:
     container_arn: str | None = None
     ready: bool = False
     cloud_storage: list[str] = field(default_factory=list)  # provider names (cloud storage)
+    # The files on disk lag behind this record (a write failed): the lifecycle retries.
+    files_pending: bool = False
 
 
 class ContainerRegistry:
@@ -58,6 +60,10 @@ class ContainerRegistry:
     @property
     def free_ttys(self) -> int:
         return self.tty_pool.free_count
+
+    def pending_file_writes(self) -> int:
+        """Containers whose mapping files failed to write and wait for a retry."""
+        return sum(1 for record in self._by_id.values() if record.files_pending)
 
     def add(self, record: ContainerRecord) -> None:
         """Register a live container (lifecycle only) and wake waiters for its port."""

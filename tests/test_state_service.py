@@ -1,0 +1,86 @@
+"""The whole service on an untrusted FRACTAL_ROOT (issue 10 items 2 and 3), as a subprocess
+against the fakes (tests/service_harness.py): start-up survives unexpected entries, and a
+read-only FRACTAL_ROOT is a fatal condition named in one line, the host never reported ready.
+
+Bounds are generous fail_afters (shared machines); the read-only test mounts (root only).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import trio
+
+from tests.containers_fixtures import cid
+from tests.service_harness import running_peers, running_service, service_env
+
+START_BOUND = 60
+EXIT_BOUND = 30
+
+
+async def test_start_up_survives_unexpected_entries_in_the_mappings_directory(
+    tmp_path: Path,
+) -> None:
+    outside = tmp_path / "host-files"
+    outside.mkdir()
+    (outside / "keep").write_text("keep")
+    mappings = tmp_path / "fractal" / "containerResourceMappings"
+    mappings.mkdir(parents=True)
+    (mappings / cid(1)).write_text("a file named like a container id")
+    (mappings / cid(2)).symlink_to(outside)
+    (mappings / cid(3)).mkdir()
+    (mappings / cid(3) / "tty").write_text("garbage")
+    async with (
+        running_peers(tmp_path) as peers,
+        running_service(tmp_path, service_env(tmp_path, peers)) as service,
+    ):
+        with trio.fail_after(START_BOUND):
+            await peers.webserver.wait_for_heartbeats(1)
+        assert peers.webserver.heartbeats[0]["IsDyingHeartbeat"] is False
+        # None of the three containers runs: their entries go, the link unfollowed.
+        assert os.listdir(mappings) == []
+        assert os.listdir(outside) == ["keep"]
+        service.send_signal()
+        with trio.fail_after(EXIT_BOUND):
+            assert await service.wait() == 0
+
+
+@pytest.fixture
+def read_only_root(tmp_path: Path) -> Iterator[Path]:
+    path = tmp_path / "fractal"
+    path.mkdir()
+
+    def mount(*args: str) -> bool:
+        return subprocess.run(["mount", *args], capture_output=True, check=False).returncode == 0
+
+    if os.geteuid() != 0 or not mount("--bind", str(path), str(path)):
+        pytest.skip("bind mounts are not permitted here")
+    try:
+        if not mount("-o", "remount,bind,ro", str(path)):
+            pytest.skip("read-only remounts are not permitted here")
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+async def test_a_read_only_root_is_fatal_and_never_reported_ready(
+    tmp_path: Path, read_only_root: Path
+) -> None:
+    async with (
+        running_peers(tmp_path) as peers,
+        running_service(tmp_path, service_env(tmp_path, peers)) as service,
+    ):
+        with trio.fail_after(EXIT_BOUND + START_BOUND):
+            code = await service.wait()
+        logs = service.logs()
+    assert code == 1
+    # Only the dying heartbeat: the host never said "ready" (heartbeat 0 of a live host).
+    assert [h["IsDyingHeartbeat"] for h in peers.webserver.heartbeats] == [True]
+    reason = peers.webserver.heartbeats[0]["ShutdownReason"]
+    assert reason == f"cannot write in FRACTAL_ROOT={read_only_root}: Read-only file system"
+    assert reason in logs
+    assert '"message": "ready"' not in logs
