@@ -223,7 +223,7 @@ class _StateCollector(Collector):
         yield _gauge(
             "pending_file_writes",
             "Containers whose mapping files failed to write and are being retried.",
-            sum(1 for record in records if record.files_pending),
+            state.pending_file_writes,
         )
         yield _gauge(
             "draining",

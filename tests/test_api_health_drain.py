@@ -19,7 +19,7 @@ import trio.testing
 
 from fractal_hostd.api.health import RECONCILE_STALE_AFTER
 from fractal_hostd.containers.info import ContainerInfo
-from fractal_hostd.containers.lifecycle import ContainerLifecycle
+from fractal_hostd.containers.lifecycle import ContainerLifecycle, run_inline
 from fractal_hostd.containers.registry import ContainerRegistry
 from fractal_hostd.docker.client import DockerClient
 from fractal_hostd.docker.events import run_event_stream
@@ -221,7 +221,10 @@ async def test_the_event_stream_records_reconciles_lag_and_failures(
     tmp_path: Path,
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    lifecycle = _FailingReconcile(mappings_dir=tmp_path / "m", registry=ContainerRegistry())
+    # Inline file I/O: the autojump clock would otherwise race the worker thread.
+    lifecycle = _FailingReconcile(
+        mappings_dir=tmp_path / "m", registry=ContainerRegistry(), run_blocking=run_inline
+    )
     status = DockerStatus()
     with trio.fail_after(400):
         async with trio.open_nursery() as nursery:

@@ -151,7 +151,9 @@ async def test_container_started_while_the_stream_is_down_is_handled_after_recon
             during = await containers.run()  # through the real socket, unseen by the stream
             await proxy.start_listening()
             await wait_for(lambda: read(mappings, during, "tty") is not None)
-            assert status.connected
+            # The reconnect's reconcile writes the files just before the stream calls itself
+            # connected again.
+            await wait_for(lambda: status.connected)
             assert status.reconnects == 1
 
 

@@ -58,7 +58,7 @@ async def _exercised(tmp_path: Path) -> Api:
     status.files_written({"Action": "start", "timeNano": stamped})
     status.reconciled(trio.current_time() - 0.04)
     status.reconcile_failed()
-    api.state.pending_file_writes = 2
+    api.state.count_pending_file_writes = lambda: 2
     sent = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
     for ok in (True, False):
         api.state.last_heartbeat = HeartbeatRecord(
