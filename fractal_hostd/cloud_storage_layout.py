@@ -27,13 +27,12 @@ from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from fractal_hostd import safefs
 from fractal_hostd.rclone_config import PROVIDERS, config_file_name
 
 logger = logging.getLogger(__name__)
 
 Key = tuple[int, str]  # (host_port, provider)
-
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 
 
 class UnsafePath(OSError):
@@ -43,28 +42,24 @@ class UnsafePath(OSError):
 def open_dir_no_follow(root: Path, parts: Sequence[str], *, create: bool = False) -> int:
     """A descriptor of `root/parts[0]/.../parts[-1]`, reached without following any link.
 
-    `root` itself is configuration and trusted; each part is opened relative to its parent's
-    descriptor with O_NOFOLLOW | O_DIRECTORY, and with `create` made (0755) when missing.
-    UnsafePath when a part is a link or not a directory. The caller closes the descriptor.
-    This is the one link-free walk of cloud storage (safefs's can replace it one for one).
-    """
-    if create:
-        root.mkdir(mode=0o755, parents=True, exist_ok=True)
-    fd = os.open(root, _DIR_FLAGS)
+    `root` itself is configuration and trusted; each part is opened by safefs relative to its
+    parent's descriptor, and with `create` made (0755) when missing. Unlike the mapping
+    directories (which safefs replaces), a link or file on the way is refused, not replaced:
+    UnsafePath, so the mount is answered 406 and nothing runs there. The caller closes the
+    descriptor."""
+    fd = safefs.open_root(root, create=create)
     try:
         for index, part in enumerate(parts):
             if create:
                 with contextlib.suppress(FileExistsError):
                     os.mkdir(part, 0o755, dir_fd=fd)
             try:
-                next_fd = os.open(part, _DIR_FLAGS | os.O_NOFOLLOW, dir_fd=fd)
-            except OSError as exc:
-                if exc.errno in (errno.ELOOP, errno.ENOTDIR):
-                    where = root.joinpath(*parts[: index + 1])
-                    raise UnsafePath(
-                        exc.errno, f"{where} is a symbolic link or not a directory"
-                    ) from None
-                raise
+                next_fd = safefs.open_subdir(fd, part)
+            except safefs.UnexpectedEntry:
+                where = root.joinpath(*parts[: index + 1])
+                raise UnsafePath(
+                    errno.ELOOP, f"{where} is a symbolic link or not a directory"
+                ) from None
             os.close(fd)
             fd = next_fd
     except BaseException:

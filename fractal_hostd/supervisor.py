@@ -49,7 +49,11 @@ from fractal_hostd.logs import register_secret, setup_logging
 from fractal_hostd.metrics import Metrics
 from fractal_hostd.portholder import describe_port_holder
 from fractal_hostd.rclone_cache import default_cache_root
-from fractal_hostd.secrets import ensure_private_dir, load_or_create_auth_secret
+from fractal_hostd.secrets import (
+    ensure_private_dir,
+    load_or_create_auth_secret,
+    write_private_file,
+)
 from fractal_hostd.shutdown import ShutdownCause, ShutdownReport
 from fractal_hostd.signal_watch import SignalWatcher
 from fractal_hostd.spot import DrainHook, run_spot_poller
@@ -414,7 +418,7 @@ class Service:
                 f"cannot serve the API on FRACTAL_API_BIND={config.api_bind}: {reason}"
             ) from error
         self.state.api_url = url
-        (config.private_dir / API_URL_FILE).write_text(url)
+        write_private_file(config.private_dir / API_URL_FILE, url)
         logger.info("HTTPS API serving", extra={"url": url})
 
     def _count_heartbeat(self, ok: bool) -> None:
