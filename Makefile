@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: install system-deps docker test-image run runstaging runprod test lint format bench clean
+.PHONY: install system-deps docker test-image run runstaging runprod test lint format bench clean deb
 
 $(STAMP): pyproject.toml
 	@$(PY) -c 'import sys; assert sys.version_info >= (3, 11)' 2>/dev/null || { rm -rf $(VENV); python3 -m venv $(VENV); }
@@ -52,6 +52,10 @@ lint: install
 format: install
 	$(VENV)/bin/ruff format fractal_hostd tests bench
 	$(VENV)/bin/ruff check --fix fractal_hostd tests bench
+
+## deb: dist/fractal-hostd_<version>_<arch>.deb (virtualenv on Debian's python3, docs/deployment.md)
+deb:
+	@scripts/build-deb.sh
 
 ## bench: measured numbers into bench/results/*.json (never asserted by tests)
 bench: install test-image
