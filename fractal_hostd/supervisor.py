@@ -219,6 +219,7 @@ class Service:
     ) -> None:
         """Contract §6, each step complete before the next; READY=1 only at the end."""
         config = self.config
+        sdnotify.status("reading instance metadata")
         if imds is None:
             metadata = LOCAL_METADATA
         else:
@@ -229,6 +230,7 @@ class Service:
 
         heartbeats: Heartbeats | None = None
         if webserver is not None:
+            sdnotify.status("handshake with the webserver")
             token = await webserver.handshake(metadata, deadline_s=config.handshake_timeout)
             register_secret(token)
             logger.info("handshake with the webserver done")
@@ -242,8 +244,10 @@ class Service:
             )
             self.report.arm_dying_heartbeat(heartbeats.send_dying)
 
+        sdnotify.status("starting the HTTPS API")
         await self._serve_api(outer, metadata)
         await self.cloud_storage.remove_leftovers()
+        sdnotify.status("reconciling Docker containers")
         await inner.start(
             _in_task_scope(
                 "docker-events",
@@ -255,10 +259,12 @@ class Service:
             )
         )
         if config.start_ecs_agent:
+            sdnotify.status("starting the ECS agent")
             await inner.start(
                 _in_task_scope("ecs-agent", run_ecs_agent, docker, image=config.ecs_agent_image)
             )
         if heartbeats is not None:
+            sdnotify.status("sending heartbeat 0")
             await inner.start(
                 _in_task_scope(
                     "heartbeats",
@@ -285,6 +291,7 @@ class Service:
         # collector's full passes, which otherwise stall the loop for 12-20 ms (bench/).
         gc.freeze()
         sdnotify.ready()
+        sdnotify.status("running")
         logger.info(
             "ready",
             extra={"seconds_since_exec": _seconds_since_exec()},

@@ -130,3 +130,21 @@ def test_no_prefix_when_stderr_has_no_file_descriptor(
     logging.getLogger("t").info("i")
     (line,) = capsys.readouterr().err.splitlines()
     assert json.loads(line)["msg"] == "i"
+
+
+def test_a_configuration_error_reaches_the_journal_as_an_error(
+    stderr_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Printed before logging is set up: it needs the prefix too, or `journalctl -p err` misses
+    # the one line that says why the service does not start.
+    from fractal_hostd import cli
+
+    monkeypatch.setenv("JOURNAL_STREAM", journal_stream_of(stderr_file))
+    monkeypatch.setenv("APP_ENV", "localdev")
+    monkeypatch.setenv("FRACTAL_HEARTBEAT_INTERVAL", "banana")
+    use_as_stderr(monkeypatch)
+    assert cli.main(["check"]) == cli.EXIT_CONFIG_ERROR
+    sys.stderr.flush()
+    (line,) = stderr_file.read_text().splitlines()
+    assert line.startswith("<3>fractal-hostd: configuration error: ")
+    assert "FRACTAL_HEARTBEAT_INTERVAL" in line
