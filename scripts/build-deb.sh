@@ -102,6 +102,14 @@ gzip -9n "$pkg/usr/share/man/man8/fractal-hostd.8"
     printf ' -- Fractal <hostd@fractal.co>  %s\n' "$(date -R -d "@$(git log -1 --format=%ct 2>/dev/null || date +%s)")"
 } | gzip -9n >"$pkg/usr/share/doc/fractal-hostd/changelog.gz"
 
+# The C libraries the wheels' shared objects link (libc6, libgcc-s1 for cryptography's Rust
+# part), as Debian dependencies with versions: what dh_shlibdeps would add.
+mkdir -p "$work/shlibs/debian"
+printf 'Source: fractal-hostd\n\nPackage: fractal-hostd\nArchitecture: any\n' >"$work/shlibs/debian/control"
+mapfile -t objects < <(find "$venv" -name '*.so*' -type f)
+shlibs="$(cd "$work/shlibs" && dpkg-shlibdeps -O "${objects[@]}" 2>/dev/null | sed -n 's/^shlibs:Depends=//p')"
+[ -n "$shlibs" ] || die "dpkg-shlibdeps found no library dependencies for ${#objects[@]} shared objects"
+
 mkdir -p "$pkg/DEBIAN"
 for script in postinst prerm postrm; do
     install -m 0755 "packaging/debian/$script" "$pkg/DEBIAN/$script"
@@ -113,7 +121,7 @@ Architecture: $arch
 Maintainer: Fractal <hostd@fractal.co>
 Section: admin
 Priority: optional
-Depends: python3 (>= $pyver), python3 (<< $pyver_next), libc6 (>= 2.28), docker.io | docker-engine | docker-ce, rclone, fuse3
+Depends: python3 (>= $pyver), python3 (<< $pyver_next), $shlibs, docker.io | docker-engine | docker-ce, rclone, fuse3
 Installed-Size: $(du -sk --exclude=DEBIAN "$pkg" | cut -f1)
 Description: Fractal host agent (container TTYs and resources, API, heartbeats)
  fractal-hostd runs as root under systemd on a Fractal cloud GPU host: it maps
