@@ -64,5 +64,5 @@ bench: install test-image
 	$(PY) bench/bench_api.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis bench/results *.egg-info
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis bench/results *.egg-info dist
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
