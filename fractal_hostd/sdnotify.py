@@ -82,7 +82,7 @@ async def run_watchdog(
     """Ping systemd's watchdog every WatchdogSec/2 while the event loop runs; else just wait.
 
     A loop blocked for WatchdogSec misses its pings and systemd kills the service (SIGABRT):
-    with `Restart=no` the host then stops heartbeating and the webserver drains it.
+    systemd then restarts it (Restart=on-failure), and the new process adopts the containers.
     """
     interval = watchdog_interval()
     task_status.started()
