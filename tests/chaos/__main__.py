@@ -27,6 +27,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--duration", type=float, default=None, help="seconds, per engine")
     parser.add_argument("--engine", choices=["fake", "real", "both"], default="fake")
     parser.add_argument("--fault-rate", type=float, default=0.15)
+    parser.add_argument("--max-ops", type=int, default=3, help="operations per step: 1..N")
     parser.add_argument("--bound", type=float, default=None, help="convergence bound, seconds")
     parser.add_argument("--only", default="", help="comma-separated kinds: only these")
     parser.add_argument("--disable", default="", help="comma-separated kinds to switch off")
@@ -37,6 +38,11 @@ def parse(argv: list[str]) -> argparse.Namespace:
         default=None,
         choices=["duplicate_tty", "stray_dir"],
         help="break an invariant on purpose",
+    )
+    parser.add_argument(
+        "--strict-heartbeats",
+        action="store_true",
+        help="no gap even before the dying heartbeat (a known finding: docs/chaos.md)",
     )
     parser.add_argument("--json", type=Path, default=None, help="write the summary here")
     parser.add_argument("--log-dir", type=Path, default=None, help="keep service logs here")
@@ -79,8 +85,10 @@ def main(argv: list[str]) -> int:
             duration=args.duration,
             kinds=kinds,
             fault_rate=args.fault_rate,
+            max_ops=args.max_ops,
             bound=args.bound,
             break_invariant=args.break_invariant,
+            strict_heartbeats=args.strict_heartbeats,
             verbose=args.verbose,
             log_dir=args.log_dir,
         )

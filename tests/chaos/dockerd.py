@@ -71,7 +71,8 @@ class PrivateDockerd:
         deadline = time.monotonic() + timeout
         while not self.answers():
             if self.process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"private dockerd did not start; see {self.base}/dockerd.log")
+                tail = (self.base / "dockerd.log").read_text(errors="replace")[-1500:]
+                raise RuntimeError(f"private dockerd did not start:\n{tail}")
             time.sleep(0.1)
 
     def answers(self) -> bool:
@@ -89,6 +90,9 @@ class PrivateDockerd:
         assert self.process is not None
         self.process.send_signal(signal.SIGKILL)
         self.process.wait(timeout=30)
+        # PIDs wrap quickly on a busy host: a stale pid file naming a live process would
+        # make the next dockerd refuse to start.
+        (self.base / "dockerd.pid").unlink(missing_ok=True)
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
@@ -134,6 +138,9 @@ class PrivateDockerd:
         self.stop()
         self._kill_leftover_containerd()
         subprocess.run(["ip", "link", "del", self.bridge], capture_output=True)
+        # dockerd leaves its data-root bind-mounted on itself (and overlay mounts after a kill).
+        for point in sorted(_mounts_under(self.base), key=len, reverse=True):
+            subprocess.run(["umount", "-l", point], capture_output=True)
         if not _mounts_under(self.base):
             shutil.rmtree(self.base, ignore_errors=True)
 
@@ -158,4 +165,5 @@ def _as_root(info: tarfile.TarInfo) -> tarfile.TarInfo:
 def _mounts_under(base: Path) -> list[str]:
     prefix = str(base) + "/"
     lines = Path("/proc/self/mountinfo").read_text().splitlines()
-    return [line.split(" ")[4] for line in lines if line.split(" ")[4].startswith(prefix)]
+    points = [line.split(" ")[4] for line in lines]
+    return [p for p in points if p.startswith(prefix) or p == str(base)]

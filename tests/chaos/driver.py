@@ -54,9 +54,11 @@ class Options:
     duration: float | None = None  # seconds; stops at whichever comes first
     kinds: set[str] = field(default_factory=set)
     fault_rate: float = 0.15
+    max_ops: int = 3  # operations per step: 1..max_ops, applied back to back
     bound: float | None = None  # convergence bound (s); default by engine
     break_invariant: str | None = None  # "duplicate_tty": prove the checker catches it
     break_at: int = 5
+    strict_heartbeats: bool = False
     verbose: bool = False
     log_dir: Path | None = None
 
@@ -145,6 +147,8 @@ class Driver:
         self.mappings = self.root / "containerResourceMappings"
         self.outside = self.work / "outside"
         self.models: list[Model] = []
+        self.next_index = 0
+        self.fresh: set[str] = set()  # (re)started this step: TTY learned next step
         self.planted: set[str] = set()
         self.freed_ports: list[int] = []
         self.checker = Checker()
@@ -255,7 +259,6 @@ class Driver:
                 running_fake_imds() as self.imds,
                 trio.open_nursery() as nursery,
             ):
-                self._nursery = nursery
                 try:
                     await self._with_engine(nursery)
                 finally:
@@ -289,22 +292,30 @@ class Driver:
         )
         self.api = Api(port)
         try:
-            await self._start_service()
-            await self._converge("start-up")
-            deadline = time.monotonic() + self.o.duration if self.o.duration else None
-            for step in range(1, self.o.steps + 1):
-                self.step = step
-                if deadline is not None and time.monotonic() > deadline:
-                    break
-                what = await self._one_step()
-                self.result.steps = self.step
-                await self._converge(what)
-                if self.o.break_invariant and self.step == self.o.break_at:
-                    self._break_on_purpose()
-                    await self._converge("deliberate breakage")
-            await self._final_stop()
+            async with trio.open_nursery() as api_tasks:
+                self._nursery = api_tasks
+                try:
+                    await self._steps()
+                finally:
+                    api_tasks.cancel_scope.cancel()
         finally:
             await self.api.aclose()
+
+    async def _steps(self) -> None:
+        await self._start_service()
+        await self._converge("start-up")
+        deadline = time.monotonic() + self.o.duration if self.o.duration else None
+        for step in range(1, self.o.steps + 1):
+            self.step = step
+            if deadline is not None and time.monotonic() > deadline:
+                break
+            what = await self._one_step()
+            self.result.steps = self.step
+            await self._converge(what)
+            if self.o.break_invariant and self.step == self.o.break_at:
+                self._break_on_purpose()
+                await self._converge("deliberate breakage")
+        await self._final_stop()
 
     async def _tear_down(self) -> None:
         with trio.CancelScope(shield=True):
@@ -333,7 +344,9 @@ class Driver:
                 os.kill(pid, signal.SIGKILL)
 
     def _unmount_ours(self) -> None:
-        for point in _mount_points_under(self.root):
+        for point in _mount_points_under(self.work):
+            if Path(point) == self.root:
+                continue
             subprocess.run(["fusermount3", "-u", "-z", point], check=False, capture_output=True)
 
     # ---- the service --------------------------------------------------------------------------
@@ -387,7 +400,7 @@ class Driver:
         fault = None
         if self.rng.random() < self.o.fault_rate:
             fault = plan.draw(self.rng, plan.FAULTS, self.o.kinds)
-        count = self.rng.randint(1, 3)
+        count = self.rng.randint(1, self.o.max_ops)
         ops = [plan.draw(self.rng, plan.OPERATIONS, self.o.kinds) for _ in range(count)]
         if fault is None:
             for op in ops:
@@ -436,7 +449,8 @@ class Driver:
                 return
             host_port = self.freed_ports.pop(self.rng.randrange(len(self.freed_ports)))
         always = self.o.engine == "real" and self.rng.random() < 0.3
-        index = len(self.models)
+        index = self.next_index
+        self.next_index += 1
         name = f"chaos-{self.o.seed}-{index}"
         try:
             container_id = await self.engine.run(
@@ -473,6 +487,7 @@ class Driver:
             return
         if op in ("start", "restart"):
             self.result.lifecycles += 1
+            self._forget_tty(model.id)
         if port_before is not None and op != "restart":
             self.freed_ports.append(port_before)
             del self.freed_ports[:-20]
@@ -545,6 +560,9 @@ class Driver:
 
     async def _fault(self, fault: str, ops: list[str]) -> None:
         self.note(f"FAULT {fault}")
+        if fault in ("stream_cut", "engine_down", "stall", "service_freeze", "reorder_events"):
+            # The service may learn of this step's restarts late: learn TTYs next step.
+            self.fresh.update(m.id for m in self.models)
         if fault == "stream_cut":
             assert self.fake is not None or self.o.engine == "real"
             if self.fake is not None:
@@ -574,6 +592,7 @@ class Driver:
                 self.fake.fail(f"^GET /containers/{target.id}/json$", 500, times=times)
                 self.note(f"inspect of #{target.index} answers 500 {times} times; restart it")
                 await self.engine.op("restart", target.id)
+                self._forget_tty(target.id)
                 target.state = "running"
                 self.result.lifecycles += 1
             await self._ops(ops)
@@ -640,12 +659,14 @@ class Driver:
         """Plant untrusted entries under FRACTAL_ROOT, then restart the service: adoption is
         where it reads what it finds there."""
         target = self._pick(("running", "paused"), managed=True)
+        needs_target = fault in ("plant_link_value", "plant_link_cloud", "plant_garbage_tty")
+        if needs_target and target is None:
+            await self._operation("run_managed")  # something live to tamper with
+            await self._converge("operations")
+            target = self._pick(("running", "paused"), managed=True)
+            if target is None:
+                return
         self.mappings.mkdir(parents=True, exist_ok=True)
-        if (
-            fault in ("plant_link_value", "plant_link_cloud", "plant_garbage_tty")
-            and target is None
-        ):
-            fault = "plant_link_mapping"  # nothing live to tamper with
         if fault == "plant_link_mapping":
             name = secrets.token_hex(32)
             (self.mappings / name).symlink_to(self.outside / "target-dir")
@@ -693,9 +714,9 @@ class Driver:
             await self._operation("api_dpi")
 
     def _forget_tty(self, container_id: str) -> None:
-        # The container's own files were tampered with: its TTY may legitimately be redone.
-        for key in [k for k in self.checker.tty_of if k[0] == container_id]:
-            del self.checker.tty_of[key]
+        # Tampered with, or (re)started: its TTY may legitimately be a new one.
+        self.checker.forget(container_id)
+        self.fresh.add(container_id)
 
     async def _second_instance(self) -> None:
         before = self._read_mappings()
@@ -736,12 +757,14 @@ class Driver:
         await self._ops(ops)
 
     async def _run_always(self) -> None:
-        index = len(self.models)
+        index = self.next_index
+        self.next_index += 1
         container_id = await self.engine.run(
             f"chaos-{self.o.seed}-{index}", managed=True, host_port=None, always=True
         )
         self.models.append(Model(index, container_id, True, "running", always=True))
         self.result.lifecycles += 1
+        self.note(f"run_managed #{index} always=True -> {container_id[:12]}")
 
     async def _refresh_models(self) -> None:
         # dockerd restarted: what lives now is dockerd's say (only on the real engine).
@@ -753,6 +776,7 @@ class Driver:
                 except EngineError:
                     await trio.sleep(0.5)
         for model in self.models:
+            self._forget_tty(model.id)  # --restart=always ones came back as new incarnations
             found = live.get(model.id)
             model.state = ("paused" if found.paused else "running") if found else "exited"
         self.note(f"after dockerd restart: {len(live)} live")
@@ -790,7 +814,8 @@ class Driver:
                 self.result.max_fds = max(self.result.max_fds, snap.resources[0])
                 self.result.max_rss_kib = max(self.result.max_rss_kib, snap.resources[1])
             if not problems:
-                self.checker.remember(snap)
+                self.checker.remember(snap, self.fresh)
+                self.fresh = set()
                 kind = what if what in plan.FAULTS or what == "start-up" else "operations"
                 self.result.convergence[kind].append(time.monotonic() - started)
                 return
@@ -819,6 +844,7 @@ class Driver:
             resources=self.service.resources(),
             mounts_settled=self.mounts_in_flight == 0,
             draining_expected=self.draining_expected,
+            strict_heartbeats=self.o.strict_heartbeats,
             status=status,
         )
 
@@ -881,17 +907,26 @@ class Driver:
 
     def _digest_outside(self) -> str:
         digest = hashlib.sha256()
-        for path in sorted(self.outside.rglob("*")):
-            digest.update(str(path).encode())
-            if path.is_symlink():
-                digest.update(os.readlink(path).encode())
-            elif path.is_file():
-                digest.update(path.read_bytes())
-            digest.update(oct(path.lstat().st_mode).encode())
+        for directory, dirs, files in os.walk(self.outside, onerror=lambda _: None):
+            dirs.sort()
+            for name in sorted(dirs + files):
+                path = Path(directory) / name
+                try:
+                    info = path.lstat()
+                    digest.update(f"{path} {info.st_mode:o}".encode())
+                    if path.is_symlink():
+                        digest.update(os.readlink(path).encode())
+                    elif path.is_file():
+                        digest.update(path.read_bytes())
+                except OSError as exc:
+                    digest.update(f"{path} {exc.errno}".encode())
         return digest.hexdigest()
 
     def _outside_changes(self) -> list[str]:
-        return [] if self._digest_outside() == self._outside_digest else [str(self.outside)]
+        changed = [f"a mount at {point}" for point in _mount_points_under(self.outside)]
+        if self._digest_outside() != self._outside_digest:
+            changed.append(f"the tree under {self.outside}")
+        return changed
 
 
 def _first_leaf(group: BaseExceptionGroup[Violation]) -> BaseException:

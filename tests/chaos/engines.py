@@ -50,8 +50,12 @@ class FakeEngine:
         await trio.lowlevel.checkpoint()
         try:
             container_id = self.fake.create(name, publish=managed, host_port=host_port)
+        except HttpError as exc:
+            raise EngineError(exc.message) from exc
+        try:
             self.fake.start(container_id)
         except HttpError as exc:
+            self.fake.remove(container_id)  # like RealEngine.run: no half-made container
             raise EngineError(exc.message) from exc
         return container_id
 

@@ -47,6 +47,7 @@ class Snapshot:
     resources: tuple[int, int] | None  # (fds, RSS KiB)
     mounts_settled: bool  # no mount request in flight (only then are processes checked)
     draining_expected: bool = False
+    strict_heartbeats: bool = False  # True: no gap even before the dying heartbeat
     status: dict[str, Any] | None = None
 
 
@@ -54,7 +55,7 @@ def check(snap: Snapshot) -> list[str]:
     return [
         *check_files(snap),
         *check_mounts(snap),
-        *check_heartbeats(snap.heartbeats, snap.runs),
+        *check_heartbeats(snap.heartbeats, snap.runs, strict=snap.strict_heartbeats),
         *check_service(snap),
     ]
 
@@ -121,13 +122,25 @@ def check_mounts(snap: Snapshot) -> list[str]:
     return found
 
 
-def check_heartbeats(heartbeats: list[dict[str, Any]], runs: list[Run]) -> list[str]:
+def check_heartbeats(
+    heartbeats: list[dict[str, Any]], runs: list[Run], *, strict: bool = True
+) -> list[str]:
     found: list[str] = []
     for run in runs:
         end = run.last_heartbeat if run.last_heartbeat is not None else len(heartbeats)
         mine = heartbeats[run.first_heartbeat : end]
         numbers = [h.get("HeartbeatNumber") for h in mine]
-        if numbers != list(range(len(numbers))):
+        expected = list(range(len(numbers)))
+        if (
+            not strict
+            and len(numbers) >= 2
+            and mine[-1].get("IsDyingHeartbeat")
+            and numbers[-1] == numbers[-2] + 2
+        ):
+            # Known finding (docs/chaos.md): a regular heartbeat cancelled by the shutdown
+            # before it reached the webserver still used up its number.
+            expected[-1] += 1
+        if numbers != expected:
             found.append(f"run {run.number}: heartbeat numbers {numbers[:50]} do not rise by one")
         dying = [i for i, h in enumerate(mine) if h.get("IsDyingHeartbeat")]
         if (dying and dying[-1] != len(mine) - 1) or len(dying) > 1:
@@ -173,9 +186,20 @@ class Checker:
                 found.append(f"container {cid[:12]} tty changed {before} -> {tty} while alive")
         return found
 
-    def remember(self, snap: Snapshot) -> None:
-        """Called on a converged snapshot: its TTYs are the ones that must not change."""
+    def forget(self, container_id: str) -> None:
+        for key in [k for k in self.tty_of if k[0] == container_id]:
+            del self.tty_of[key]
+
+    def remember(self, snap: Snapshot, skip: set[str] | frozenset[str] = frozenset()) -> None:
+        """Called on a converged snapshot: its TTYs are the ones that must not change.
+
+        `skip`: containers (re)started in this step. From outside, the directory of the
+        incarnation that just died looks exactly like the new one's until the service has
+        handled the die (same id, and with a fixed host port the same port), so their TTY
+        is learned one step later."""
         for cid, live in snap.live.items():
+            if cid in skip:
+                continue
             entry = snap.mappings.get(cid)
             tty_file = entry.files.get("tty") if entry else None
             tty = _int(tty_file.content) if tty_file else None
