@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import secrets
+import signal
 import sys
 from pathlib import Path
 
@@ -55,7 +56,12 @@ def _split(text: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # trio delivers it to the run: the driver's teardown still runs
+
+
 def main(argv: list[str]) -> int:
+    signal.signal(signal.SIGTERM, _interrupt)  # stop a long run with `kill PID`: no leftovers
     args = parse(argv)
     if args.list_kinds:
         for kind in [*plan.OPERATIONS, *plan.FAULTS]:

@@ -86,10 +86,16 @@ class PrivateDockerd:
             return False
 
     def kill(self) -> None:
-        """SIGKILL dockerd (its containerd and shims live on, as on a real host)."""
+        """SIGKILL dockerd and the containerd it started (the container shims live on).
+
+        Measured: a containerd orphaned by its dockerd is not reliably picked up again by
+        the next dockerd ("timeout waiting for containerd to start"), so it goes too: the
+        next dockerd starts a fresh one, which reattaches to the running shims."""
         assert self.process is not None
         self.process.send_signal(signal.SIGKILL)
         self.process.wait(timeout=30)
+        self._kill_leftover_containerd(only_daemon=True)
+        (self.base / "exec" / "containerd" / "containerd.pid").unlink(missing_ok=True)
         # PIDs wrap quickly on a busy host: a stale pid file naming a live process would
         # make the next dockerd refuse to start.
         (self.base / "dockerd.pid").unlink(missing_ok=True)
@@ -144,16 +150,21 @@ class PrivateDockerd:
         if not _mounts_under(self.base):
             shutil.rmtree(self.base, ignore_errors=True)
 
-    def _kill_leftover_containerd(self) -> None:
-        # After a SIGKILL of dockerd its containerd (under our exec-root) may outlive it.
+    def _kill_leftover_containerd(self, *, only_daemon: bool = False) -> None:
+        # Processes under our exec-root: containerd itself and (unless only_daemon) shims.
         marker = str(self.base / "exec")
         for pid in os.listdir("/proc"):
             if not pid.isdigit():
                 continue
             with contextlib.suppress(OSError):
-                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-                if marker in cmdline:
-                    os.kill(int(pid), signal.SIGKILL)
+                argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+                if not any(marker in arg.decode(errors="replace") for arg in argv):
+                    continue
+                if only_daemon and Path(argv[0].decode()).name != "containerd":
+                    continue
+                os.kill(int(pid), signal.SIGKILL)
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(int(pid), os.WNOHANG)
 
 
 def _as_root(info: tarfile.TarInfo) -> tarfile.TarInfo:

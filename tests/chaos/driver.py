@@ -372,6 +372,10 @@ class Driver:
         await trio.sleep(0.2)  # the dying heartbeat's answer is recorded before the exit
         self.service.close_run(len(self.webserver.heartbeats))
         self.note(f"service stopped by {how}: exit {code}")
+        # What systemd's KillMode=mixed (systemd/fractal-hostd.service) does once the main
+        # process is gone: SIGKILL what is left in the unit's cgroup (rclone daemons, a hung
+        # rclone). Without it a hung rclone orphaned by a SIGKILL would count as a leak.
+        self._kill_our_processes()
 
     async def _restart_service(self, how: str) -> None:
         await self._stop_service(how)
