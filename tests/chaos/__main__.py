@@ -28,6 +28,11 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--duration", type=float, default=None, help="seconds, per engine")
     parser.add_argument("--engine", choices=["fake", "real", "both"], default="fake")
     parser.add_argument("--fault-rate", type=float, default=0.15)
+    parser.add_argument(
+        "--weights",
+        default="",
+        help="comma-separated KIND=WEIGHT overrides, e.g. service_kill=0.5,stall=4",
+    )
     parser.add_argument("--max-ops", type=int, default=3, help="operations per step: 1..N")
     parser.add_argument("--bound", type=float, default=None, help="convergence bound, seconds")
     parser.add_argument("--only", default="", help="comma-separated kinds: only these")
@@ -68,6 +73,16 @@ def main(argv: list[str]) -> int:
             off = " (off by default: finds a known defect)" if kind in plan.DEFAULT_DISABLED else ""
             print(f"{kind}{off}")
         return 0
+    try:
+        for item in _split(args.weights):
+            kind, _, weight = item.partition("=")
+            table = plan.OPERATIONS if kind in plan.OPERATIONS else plan.FAULTS
+            if kind not in table:
+                raise ValueError(f"unknown kind {kind!r}")
+            table[kind] = float(weight)
+    except ValueError as exc:
+        print(f"chaos: --weights: {exc}", file=sys.stderr)
+        return 2
     seed = args.seed if args.seed is not None else secrets.randbelow(2**31)
     print(f"chaos: seed {seed} (replay with SEED={seed})", flush=True)
     engines = ["fake", "real"] if args.engine == "both" else [args.engine]
