@@ -1,7 +1,7 @@
 """A private dockerd for the chaos driver: its own socket, data-root, exec-root, pid file and
 bridge, so it never touches the host's engine on /var/run/docker.sock.
 
-Its bridge is one it creates (`chaosbr<N>`, a /24 out of 10.213.0.0/16) and dockerd runs
+Its bridge is one it creates (`chaosbr<N>`, 10.213.N.1/24, N from the driver's pid) and dockerd runs
 with `--iptables=false --ip-masq=false`: no iptables rule of the host's engine is changed,
 and published ports are served by docker-proxy. The test image is imported with
 `docker import` of a busybox tarball, like scripts/build-test-image.sh (no registry here).
@@ -26,7 +26,9 @@ APPLETS = ("sh", "sleep", "echo", "cat", "ls", "mkdir", "touch", "rm", "env")
 
 
 class PrivateDockerd:
-    def __init__(self, base: Path, *, index: int = 7) -> None:
+    def __init__(self, base: Path, *, index: int | None = None) -> None:
+        # Runs side by side (a long run and the test suite) need bridges of their own.
+        index = 20 + os.getpid() % 200 if index is None else index
         self.base = base
         self.socket_path = str(base / "docker.sock")
         self.bridge = f"chaosbr{index}"
