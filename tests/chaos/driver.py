@@ -313,7 +313,7 @@ class Driver:
             self.result.steps = self.step
             await self._converge(what)
             if self.o.break_invariant and self.step == self.o.break_at:
-                self._break_on_purpose()
+                await self._break_on_purpose()
                 await self._converge("deliberate breakage")
         await self._final_stop()
 
@@ -787,12 +787,12 @@ class Driver:
 
     # ---- deliberate breakage ------------------------------------------------------------------
 
-    def _break_on_purpose(self) -> None:
+    async def _break_on_purpose(self) -> None:
         if self.o.break_invariant == "duplicate_tty":
-            live = self._live_managed()
-            if len(live) < 2:
-                return
-            first, second = live[0], live[1]
+            while len(self._live_managed()) < 2:
+                await self._run_container("run_managed")
+                await self._converge("operations")
+            first, second = self._live_managed()[:2]
             tty = (self.mappings / first.id / "tty").read_text()
             (self.mappings / second.id / "tty").write_text(tty)
             self.note(f"BREAK: #{second.index}/tty := #{first.index}'s {tty}")
