@@ -595,10 +595,15 @@ class Driver:
                 times = self.rng.randint(1, 3)
                 self.fake.fail(f"^GET /containers/{target.id}/json$", 500, times=times)
                 self.note(f"inspect of #{target.index} answers 500 {times} times; restart it")
-                await self.engine.op("restart", target.id)
-                self._forget_tty(target.id)
-                target.state = "running"
-                self.result.lifecycles += 1
+                try:
+                    await self.engine.op("restart", target.id)
+                except EngineError as exc:  # its fixed host port was taken meanwhile
+                    self.note(f"restart #{target.index} refused: {exc}")
+                    target.state = "exited"
+                else:
+                    self._forget_tty(target.id)
+                    target.state = "running"
+                    self.result.lifecycles += 1
             await self._ops(ops)
         elif fault == "engine_down":
             assert self.fake is not None
