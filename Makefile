@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: install system-deps docker test-image run runstaging runprod test lint format bench chaos clean
+.PHONY: install system-deps docker test-image run runstaging runprod test lint format bench clean
 
 $(STAMP): pyproject.toml
 	@$(PY) -c 'import sys; assert sys.version_info >= (3, 11)' 2>/dev/null || { rm -rf $(VENV); python3 -m venv $(VENV); }
@@ -43,6 +43,13 @@ runprod: install docker
 test: install test-image
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
+.PHONY: chaos
+## chaos: seeded faults against the real service (SEED= replays; STEPS=, DURATION= seconds,
+## ENGINE=fake|real|both, CHAOS_ARGS= e.g. "--enable disk_full" or "--only stream_cut,kill")
+chaos: install
+	$(PY) -m tests.chaos $(if $(SEED),--seed $(SEED)) --steps $(or $(STEPS),200) \
+		$(if $(DURATION),--duration $(DURATION)) --engine $(or $(ENGINE),fake) $(CHAOS_ARGS)
+
 ## lint: ruff (incl. ASYNC rules), format check, mypy --strict
 lint: install
 	$(VENV)/bin/ruff check fractal_hostd tests bench
@@ -58,12 +65,6 @@ bench: install test-image
 	@mkdir -p bench/results
 	$(PY) bench/bench_docker.py
 	$(PY) bench/bench_api.py
-
-## chaos: seeded faults against the real service (SEED= replays; STEPS=, DURATION= seconds,
-## ENGINE=fake|real|both, CHAOS_ARGS= e.g. "--enable disk_full" or "--only stream_cut,kill")
-chaos: install
-	$(PY) -m tests.chaos $(if $(SEED),--seed $(SEED)) --steps $(or $(STEPS),200) \
-		$(if $(DURATION),--duration $(DURATION)) --engine $(or $(ENGINE),fake) $(CHAOS_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis bench/results *.egg-info
