@@ -59,6 +59,7 @@ FAULTS: dict[str, float] = {
 }
 
 FAKE_ONLY = {
+    "stream_cut",  # the real engine's stream is only cut by dockerd_kill (no proxy in between)
     "stall",
     "duplicate_events",
     "reorder_events",
