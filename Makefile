@@ -47,6 +47,13 @@ runprod: install docker
 test: install test-image
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
+.PHONY: chaos
+## chaos: seeded faults against the real service (SEED= replays; STEPS=, DURATION= seconds,
+## ENGINE=fake|real|both, CHAOS_ARGS= e.g. "--enable disk_full" or "--only stream_cut,kill")
+chaos: install
+	$(PY) -m tests.chaos $(if $(SEED),--seed $(SEED)) --steps $(or $(STEPS),200) \
+		$(if $(DURATION),--duration $(DURATION)) --engine $(or $(ENGINE),fake) $(CHAOS_ARGS)
+
 ## lint: ruff (incl. ASYNC rules), format check, mypy --strict
 lint: install
 	$(VENV)/bin/ruff check fractal_hostd tests bench
