@@ -748,7 +748,7 @@ class Driver:
             problems.append("a second instance kept running next to the first")
         elif process.returncode != 2:
             problems.append(f"a second instance exited {process.returncode}, expected 2")
-        if self._read_mappings() != before:
+        if _identities(self._read_mappings()) != _identities(before):
             problems.append("a second instance changed the mapping directories")
         if any(h.get("IsDyingHeartbeat") for h in self.webserver.heartbeats[heartbeats:]):
             problems.append("a second instance sent a dying heartbeat")
@@ -965,3 +965,17 @@ def _mount_points_under(base: Path) -> list[str]:
         if point.startswith(prefix):
             points.append(point)
     return points
+
+
+def _identities(mappings: dict[str, MappingEntry]) -> dict[str, object]:
+    """What only the service's own start-up or clean-up would change: which entries exist and
+    each directory's tty and host port. DPI, ContainerARN and .ready may still change under the
+    first instance while the second runs: API calls of earlier steps run in the background."""
+    return {
+        name: (
+            entry.kind,
+            entry.files.get("tty"),
+            entry.files.get("hostPort_for_my_32262_tcp"),
+        )
+        for name, entry in mappings.items()
+    }

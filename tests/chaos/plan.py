@@ -71,16 +71,9 @@ REAL_ONLY = {"dockerd_kill", "dockerd_kill_always"}
 
 # Kinds that find a known defect of today's main (see docs/chaos.md): off unless asked for.
 DEFAULT_DISABLED: set[str] = {
-    "pause",  # a paused container loses its directory at the next reconcile
-    "disk_full",  # a tty/host-port file that failed to write is never retried
-    "plant_link_mapping",  # adoption crashes: rmtree on a planted link
-    "plant_stray_file",  # adoption crashes: NotADirectoryError on a planted file
-    "plant_link_cloud",  # a mount follows cloudStorage/<port> -> outside FRACTAL_ROOT
-    "second_instance",  # a second instance runs next to the first
     "lost_events",  # events dropped by dockerd: only the 300 s reconcile repairs them
     "reorder_events",  # a die handled after its container's next start removes a live dir
     "api_mount_ok",  # a mount racing its container's death, or a missed restart, leaks it
-    "inspect_error",  # one container's inspect 500s take the whole event stream down
 }
 
 
