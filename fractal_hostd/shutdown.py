@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import trio
 
-from fractal_hostd.logs import NO_SENTRY_EVENT
+from fractal_hostd.process.logs import NO_SENTRY_EVENT
 
 logger = logging.getLogger(__name__)
 

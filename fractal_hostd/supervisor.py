@@ -31,10 +31,12 @@ from typing import Any
 
 import trio
 
-from fractal_hostd import __version__, early_signals, private_dir, sdnotify, telemetry
+from fractal_hostd import __version__
 from fractal_hostd.api.app import create_app
 from fractal_hostd.api.server import serve_api
-from fractal_hostd.cloud_storage import CloudStorage
+from fractal_hostd.api.tls import CERT_FILE_NAME, KEY_FILE_NAME, generate_certificate
+from fractal_hostd.cloud_storage.mounts import CloudStorage
+from fractal_hostd.cloud_storage.rclone_cache import default_cache_root
 from fractal_hostd.config import API_URL_FILE, Config
 from fractal_hostd.containers.lifecycle import ContainerLifecycle, MappingsUnwritable
 from fractal_hostd.containers.registry import ContainerRecord, ContainerRegistry
@@ -42,23 +44,27 @@ from fractal_hostd.docker.client import DockerClient
 from fractal_hostd.docker.events import DockerUnreachableFatal, run_event_stream
 from fractal_hostd.docker.fanout import EventFanout
 from fractal_hostd.ecs_agent import EcsAgentError, run_ecs_agent
-from fractal_hostd.heartbeat import Heartbeats
 from fractal_hostd.hoststate import DrainNotice, HostState, InstanceMetadata
-from fractal_hostd.imds import LOCAL_METADATA, ImdsClient, MetadataUnavailable, fetch_metadata
-from fractal_hostd.logs import register_secret, setup_logging
+from fractal_hostd.metadata.imds import (
+    LOCAL_METADATA,
+    ImdsClient,
+    MetadataUnavailable,
+    fetch_metadata,
+)
+from fractal_hostd.metadata.spot import DrainHook, run_spot_poller
 from fractal_hostd.metrics import Metrics
-from fractal_hostd.portholder import describe_port_holder
-from fractal_hostd.rclone_cache import default_cache_root
-from fractal_hostd.secrets import (
+from fractal_hostd.process import early_signals, private_dir, sdnotify, telemetry
+from fractal_hostd.process.logs import register_secret, setup_logging
+from fractal_hostd.process.portholder import describe_port_holder
+from fractal_hostd.process.private_files import (
     ensure_private_dir,
     load_or_create_auth_secret,
     write_private_file,
 )
+from fractal_hostd.process.signal_watch import SignalWatcher
 from fractal_hostd.shutdown import ShutdownCause, ShutdownReport
-from fractal_hostd.signal_watch import SignalWatcher
-from fractal_hostd.spot import DrainHook, run_spot_poller
-from fractal_hostd.tls import CERT_FILE_NAME, KEY_FILE_NAME, generate_certificate
-from fractal_hostd.webserver import HandshakeFailed, WebserverClient
+from fractal_hostd.webserver.client import HandshakeFailed, WebserverClient
+from fractal_hostd.webserver.heartbeat import Heartbeats
 
 logger = logging.getLogger(__name__)
 

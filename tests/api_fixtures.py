@@ -19,13 +19,13 @@ from quart_trio import QuartTrio
 
 from fractal_hostd.api.app import create_app
 from fractal_hostd.api.server import serve_api
-from fractal_hostd.cloud_storage import MountFailed
+from fractal_hostd.api.tls import TlsFiles, generate_certificate
+from fractal_hostd.cloud_storage.mounts import MountFailed
 from fractal_hostd.containers.info import ContainerInfo
 from fractal_hostd.containers.lifecycle import ContainerLifecycle, run_inline
 from fractal_hostd.containers.registry import ContainerRecord, ContainerRegistry
 from fractal_hostd.hoststate import HostState
 from fractal_hostd.metrics import Metrics
-from fractal_hostd.tls import TlsFiles, generate_certificate
 
 SECRET = "test-secret-0123456789-abcdef"
 AUTH = {"Authorization": f"Bearer {SECRET}"}

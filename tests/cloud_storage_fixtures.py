@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from fractal_hostd.cloud_storage import CloudStorage, MountOptions, OAuthToken
+from fractal_hostd.cloud_storage.mounts import CloudStorage, MountOptions, OAuthToken
 
 FAKE_RCLONE = Path(__file__).parent / "fakes" / "fake_rclone.py"
 

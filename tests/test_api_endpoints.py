@@ -187,7 +187,7 @@ async def test_mount_calls_cloud_storage_and_records_the_provider(api: Api, clie
 
 
 async def test_mount_failure_is_406_with_its_message(api: Api, client: Client) -> None:
-    from fractal_hostd.cloud_storage import MountFailed
+    from fractal_hostd.cloud_storage.mounts import MountFailed
 
     record = await api.add_container(PORT)
     assert api.cloud_storage is not None

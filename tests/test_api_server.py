@@ -22,8 +22,8 @@ from hypercorn.typing import (
 )
 
 from fractal_hostd.api.server import _ShieldedSend, hypercorn_config, serve_api
+from fractal_hostd.api.tls import generate_certificate
 from fractal_hostd.containers.registry import ContainerRecord
-from fractal_hostd.tls import generate_certificate
 from tests.api_fixtures import AUTH, Running, make_api, running_api, tls_client
 
 TIMEOUT = 10

@@ -13,9 +13,10 @@ from pathlib import Path
 import pytest
 import trio
 
-from fractal_hostd import child_process, cloud_storage_check, telemetry
-from fractal_hostd.child_process import ALLOWED_NAMES, child_environment, run_child
-from fractal_hostd.fuse_unmount import lazy_unmount
+from fractal_hostd.cloud_storage import check as cloud_storage_check
+from fractal_hostd.cloud_storage.fuse_unmount import lazy_unmount
+from fractal_hostd.process import child_process, telemetry
+from fractal_hostd.process.child_process import ALLOWED_NAMES, child_environment, run_child
 from tests.cloud_storage_fixtures import CONTAINER_ID, TOKEN, FakeTools
 
 PORT = 32768

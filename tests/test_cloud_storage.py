@@ -20,8 +20,9 @@ from pathlib import Path
 import pytest
 import trio
 
-from fractal_hostd import child_process, rclone_mount
-from fractal_hostd.cloud_storage import CloudStorage, MountFailed, OAuthToken
+from fractal_hostd.cloud_storage import rclone_mount
+from fractal_hostd.cloud_storage.mounts import CloudStorage, MountFailed, OAuthToken
+from fractal_hostd.process import child_process
 from tests.cloud_storage_fixtures import (
     ACCESS_TOKEN,
     CLIENT_ID,

@@ -21,15 +21,15 @@ from pathlib import Path
 import pytest
 import trio
 
-from fractal_hostd.cloud_storage import (
+from fractal_hostd.cloud_storage.mountinfo import is_mounted, mounts_under, read_mounts
+from fractal_hostd.cloud_storage.mounts import (
     Backend,
     CloudStorage,
     MountFailed,
     MountOptions,
     check_prerequisites,
 )
-from fractal_hostd.mountinfo import is_mounted, mounts_under, read_mounts
-from fractal_hostd.rclone_mount import mount_answers
+from fractal_hostd.cloud_storage.rclone_mount import mount_answers
 from tests.cloud_storage_fixtures import (
     CLIENT_ID,
     CLIENT_SECRET,

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from fractal_hostd.cloud_storage import CloudStorage, MountFailed
+from fractal_hostd.cloud_storage.mounts import CloudStorage, MountFailed
 from tests.cloud_storage_fixtures import CONTAINER_ID, TOKEN, FakeTools
 
 PORT = 32768

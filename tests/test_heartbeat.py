@@ -21,9 +21,9 @@ import pytest
 import trio
 import trio.testing
 
-from fractal_hostd.heartbeat import Heartbeats, rfc3339_utc
 from fractal_hostd.hoststate import DrainNotice, HostState, InstanceMetadata
-from fractal_hostd.webserver import WebserverClient
+from fractal_hostd.webserver.client import WebserverClient
+from fractal_hostd.webserver.heartbeat import Heartbeats, rfc3339_utc
 from tests.fakes.webserver import running_fake_webserver
 
 METADATA = InstanceMetadata(

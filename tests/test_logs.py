@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fractal_hostd import logs
-from fractal_hostd.logs import FILTERED, redact_text, redact_value
+from fractal_hostd.process import logs
+from fractal_hostd.process.logs import FILTERED, redact_text, redact_value
 
 
 @pytest.fixture(autouse=True)

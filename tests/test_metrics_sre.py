@@ -16,7 +16,7 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from fractal_hostd.api.app import _MeasuredMounts
-from fractal_hostd.cloud_storage import MountFailed, OAuthToken
+from fractal_hostd.cloud_storage.mounts import MountFailed, OAuthToken
 from fractal_hostd.history import ContainerHistory
 from fractal_hostd.hoststate import HeartbeatRecord, HostState
 from fractal_hostd.metrics import Metrics

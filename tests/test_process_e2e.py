@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import trio
 
-from fractal_hostd import early_signals
+from fractal_hostd.process import early_signals
 from tests.service_harness import (
     AUTH_SECRET,
     REPO,

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from fractal_hostd import sdnotify
+from fractal_hostd.process import sdnotify
 
 
 @pytest.fixture

@@ -25,9 +25,9 @@ import sentry_sdk
 import trio
 from sentry_sdk.integrations.stdlib import StdlibIntegration
 
-from fractal_hostd import logs, telemetry
 from fractal_hostd.hoststate import InstanceMetadata
-from fractal_hostd.logs import FILTERED
+from fractal_hostd.process import logs, telemetry
+from fractal_hostd.process.logs import FILTERED
 from tests.api_fixtures import AUTH, make_api
 from tests.fakes.sentry import FakeSentry, parse_envelope, reset_sentry, running_fake_sentry
 
@@ -463,7 +463,7 @@ async def test_flush_is_bounded_by_the_callers_scope_when_sentry_hangs() -> None
 EXIT_SCRIPT = textwrap.dedent(
     """
     import sys, trio, sentry_sdk
-    from fractal_hostd import telemetry
+    from fractal_hostd.process import telemetry
 
     async def main():
         telemetry.init_sentry(dsn=sys.argv[1], enabled=True, environment="dev", release="1")

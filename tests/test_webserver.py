@@ -19,7 +19,7 @@ import trio
 import trio.testing
 
 from fractal_hostd.hoststate import InstanceMetadata
-from fractal_hostd.webserver import HandshakeFailed, HeartbeatPayload, WebserverClient
+from fractal_hostd.webserver.client import HandshakeFailed, HeartbeatPayload, WebserverClient
 from tests.fakes.webserver import running_fake_webserver
 
 METADATA = InstanceMetadata(

@@ -21,7 +21,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Final
 
-from fractal_hostd.cloud_storage import OAuthToken
+from fractal_hostd.cloud_storage.mounts import OAuthToken
 
 MAX_STRING = 4096
 MAX_TOKEN = 8192  # OAuth access/refresh tokens (Google's are ~2 KB; room to grow)
