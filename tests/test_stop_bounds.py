@@ -20,6 +20,7 @@ import trio
 import trio.testing
 
 from fractal_hostd import supervisor
+from fractal_hostd.api import bootstrap
 from fractal_hostd.config import Config, Secret
 from fractal_hostd.process import telemetry
 from fractal_hostd.supervisor import (
@@ -69,7 +70,7 @@ def stuck(monkeypatch: pytest.MonkeyPatch) -> Stuck:
     async def flush() -> None:
         await peers.forever("sentry flush")
 
-    monkeypatch.setattr(supervisor, "serve_api", api)
+    monkeypatch.setattr(bootstrap, "serve_api", api)
     monkeypatch.setattr(supervisor, "run_event_stream", events)
     monkeypatch.setattr(WebserverClient, "handshake", handshake)
     monkeypatch.setattr(WebserverClient, "send_heartbeat", heartbeat)
