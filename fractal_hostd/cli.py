@@ -13,10 +13,8 @@ import sys
 from collections.abc import Sequence
 
 import fractal_hostd
-from fractal_hostd.config import API_URL_FILE, Config, ConfigError
+from fractal_hostd.config import API_URL_FILE, EXIT_CONFIG_ERROR, Config, ConfigError
 from fractal_hostd.process import early_signals
-
-EXIT_CONFIG_ERROR = 2
 
 # (flag, variable, help). Secrets have no flag: a command line is world-readable in /proc.
 _FLAGS: tuple[tuple[str, str, str], ...] = (

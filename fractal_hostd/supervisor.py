@@ -34,7 +34,7 @@ from fractal_hostd import __version__
 from fractal_hostd.api.bootstrap import ApiUnavailable, api_private_entries, start_api
 from fractal_hostd.cloud_storage.mounts import CloudStorage
 from fractal_hostd.cloud_storage.rclone_cache import default_cache_root
-from fractal_hostd.config import Config
+from fractal_hostd.config import EXIT_CONFIG_ERROR, Config
 from fractal_hostd.containers.lifecycle import ContainerLifecycle, MappingsUnwritable
 from fractal_hostd.containers.registry import ContainerRecord, ContainerRegistry
 from fractal_hostd.docker.client import DockerClient
@@ -73,7 +73,6 @@ FATAL_ERRORS: tuple[type[BaseException], ...] = (
 UNMOUNT_ALL_TIMEOUT = 4.0
 PRIVATE_DIR_REMOVAL_TIMEOUT = 1.0
 LOCAL_CLEANUP_TIMEOUT = UNMOUNT_ALL_TIMEOUT + PRIVATE_DIR_REMOVAL_TIMEOUT
-EXIT_CONFIG_ERROR = 2
 
 # The rest of the stop path, each step with a real bound (docs/architecture.md derives the
 # unit's TimeoutStopSec from them). Children cancelled: a mount failing at that moment still
@@ -290,7 +289,6 @@ class Service:
         if webserver is not None:
             token = await webserver.handshake(metadata, deadline_s=config.handshake_timeout)
             register_secret(token)
-            logger.info("handshake with the webserver done")
             heartbeats = Heartbeats(
                 webserver,
                 auth_token=token,

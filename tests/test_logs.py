@@ -157,7 +157,7 @@ def test_redact_text(text: str, expected: str) -> None:
         "container abc seen running on tty 12",
         "auth failed for host port 32768",  # no value follows the word
         "token expired: fetching a new one",
-        "handshake with the webserver done",
+        "handshake with the webserver succeeded",
         "https://127.0.0.1:4678/status",
         "dpi=96 host_port=32768",
     ],

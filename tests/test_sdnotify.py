@@ -40,11 +40,10 @@ def received(sock: socket.socket) -> list[str]:
             return messages
 
 
-def test_ready_stopping_status_reach_the_socket(receiver: socket.socket) -> None:
+def test_ready_and_stopping_reach_the_socket(receiver: socket.socket) -> None:
     assert sdnotify.ready()
-    assert sdnotify.status("serving\non 4678")
     assert sdnotify.stopping()
-    assert received(receiver) == ["READY=1", "STATUS=serving on 4678", "STOPPING=1"]
+    assert received(receiver) == ["READY=1", "STOPPING=1"]
 
 
 def test_stopping_pings_the_watchdog_once_more(
@@ -119,8 +118,3 @@ async def test_watchdog_without_watchdog_sleeps_quietly(
             await trio.sleep(3600)
             nursery.cancel_scope.cancel()
     assert received(receiver) == []
-
-
-def test_child_environment_drops_notify_variables() -> None:
-    env = {"PATH": "/bin", "NOTIFY_SOCKET": "/run/x", "WATCHDOG_USEC": "1", "WATCHDOG_PID": "2"}
-    assert sdnotify.without_notify_env(env) == {"PATH": "/bin"}

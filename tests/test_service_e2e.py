@@ -108,6 +108,8 @@ async def test_ready_then_signal_sends_dying_heartbeat_and_exits_0(
         assert peers.sentry.events == []  # a signal is not an error
         assert not (tmp_path / "private").exists()
         _no_secrets(service.logs(), peers)
+        # One handshake, told once (by the webserver client, with its attempt count).
+        assert service.logs().count("handshake with the webserver") == 1
 
 
 async def test_managed_container_gets_files_and_dpi_over_the_api(tmp_path: Path) -> None:

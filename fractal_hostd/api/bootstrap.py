@@ -21,6 +21,7 @@ from fractal_hostd.api.tls import CERT_FILE_NAME, KEY_FILE_NAME, generate_certif
 from fractal_hostd.config import API_URL_FILE, Config
 from fractal_hostd.containers.lifecycle import ContainerLifecycle
 from fractal_hostd.containers.registry import ContainerRegistry
+from fractal_hostd.exception_groups import leaves
 from fractal_hostd.hoststate import HostState, InstanceMetadata
 from fractal_hostd.metrics import Metrics
 from fractal_hostd.process.logs import register_secret
@@ -92,9 +93,7 @@ async def start_api(
         )
     except* OSError as errors:
         # Address in use, or not an address of this host: a fatal condition naming the knob.
-        error: BaseException = errors
-        while isinstance(error, BaseExceptionGroup):
-            error = error.exceptions[0]
+        error = next(leaves(errors))
         reason = error.strerror if isinstance(error, OSError) and error.strerror else error
         if isinstance(error, OSError) and error.errno == errno.EADDRINUSE:
             holder = describe_port_holder(config.api_port)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import errno
 import logging
 import math
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import trio
@@ -40,6 +40,7 @@ from fractal_hostd.api.connections import (
     refuse,
 )
 from fractal_hostd.api.slots import DEFAULT_REQUEST_SLOTS, RequestSlots, SlottedApp
+from fractal_hostd.exception_groups import leaves
 
 logger = logging.getLogger(__name__)
 
@@ -69,7 +70,7 @@ class _ContainedTCPServer(TCPServer):
             # Sentry, nor the journal with tracebacks (those only at debug level).
             logger.warning(
                 "API connection dropped after an error in hypercorn: %s",
-                "; ".join(f"{type(exc).__name__}: {exc}" for exc in _leaves(errors)),
+                "; ".join(f"{type(exc).__name__}: {exc}" for exc in leaves(errors)),
                 exc_info=logger.isEnabledFor(logging.DEBUG),
             )
 
@@ -80,14 +81,6 @@ class _ContainedTCPServer(TCPServer):
         # of FRACTAL_API_MAX_CONNECTIONS, a TLS object and a task held for nothing (a flood
         # of connect-and-close then filled the cap). A request in flight still finishes.
         await self.idle_task.stop()
-
-
-def _leaves(error: BaseException) -> Iterator[BaseException]:
-    if isinstance(error, BaseExceptionGroup):
-        for inner in error.exceptions:
-            yield from _leaves(inner)
-    else:
-        yield error
 
 
 class _ShieldedSend:

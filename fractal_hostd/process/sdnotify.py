@@ -11,14 +11,11 @@ from __future__ import annotations
 import logging
 import os
 import socket
-from collections.abc import Mapping
-from typing import Final, NoReturn
+from typing import NoReturn
 
 import trio
 
 logger = logging.getLogger(__name__)
-
-NOTIFY_ENV: Final = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
 
 
 def _socket_address() -> str | None:
@@ -60,11 +57,6 @@ def stopping() -> bool:
     return notify("STOPPING=1\nWATCHDOG=1" if watchdog_interval() else "STOPPING=1")
 
 
-def status(text: str) -> bool:
-    """One line shown by `systemctl status`."""
-    return notify("STATUS=" + " ".join(text.split()))
-
-
 def watchdog_interval() -> float | None:
     """Seconds between keep-alive pings (half of WatchdogSec), None when no watchdog is armed."""
     usec = os.environ.get("WATCHDOG_USEC", "")
@@ -91,8 +83,3 @@ async def run_watchdog(
     while True:
         notify("WATCHDOG=1")
         await trio.sleep(interval)
-
-
-def without_notify_env(env: Mapping[str, str]) -> dict[str, str]:
-    """`env` minus the notify variables, for child processes (rclone would send READY=1 too)."""
-    return {k: v for k, v in env.items() if k not in NOTIFY_ENV}
