@@ -252,7 +252,7 @@ async def test_a_last_send_begun_during_the_drain_gets_only_what_is_left_of_it(
     async def receive() -> ASGIReceiveEvent:
         raise AssertionError("not called")
 
-    shielded = _ShieldedSend(app, limit=3.0)  # type: ignore[arg-type]
+    shielded = _ShieldedSend(app, limit=3.0)
     shielded.drain_deadline = trio.current_time() + 0.5
     with trio.CancelScope() as drain_expired:
         drain_expired.cancel()

@@ -36,7 +36,7 @@ MOUNT_BODY = {
 async def _scrape(api: Api) -> str:
     answer = await api.app.test_client().get("/metrics", headers=AUTH)
     assert answer.status_code == 200
-    return (await answer.get_data()).decode()
+    return await answer.get_data(as_text=True)
 
 
 async def _exercised(tmp_path: Path) -> Api:

@@ -212,7 +212,7 @@ async def test_an_api_bug_is_an_event_naming_the_request_without_its_body(
     async def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError("disk on fire")
 
-    api.lifecycle.set_start_values = broken  # type: ignore[method-assign]
+    api.lifecycle.set_start_values = broken  # type: ignore[method-assign,assignment]
     with trio.fail_after(10):
         async with running_fake_sentry() as sentry:
             start(sentry)
