@@ -15,8 +15,9 @@ import pytest
 import trio
 from quart.typing import TestClientProtocol as Client
 
-from fractal_hostd.hoststate import DrainNotice, HeartbeatRecord, InstanceMetadata
+from fractal_hostd.hoststate import DrainNotice, HeartbeatRecord
 from tests.api_fixtures import AUTH, SECRET, Api, container_id, make_api
+from tests.instance_fixtures import PUBLIC_METADATA
 
 PORT = 40000
 MOUNT_BODY = {
@@ -306,15 +307,7 @@ async def test_health_needs_no_auth(client: Client) -> None:
 
 
 async def test_status_reports_state_and_containers(api: Api, client: Client) -> None:
-    api.state.metadata = InstanceMetadata(
-        ami_id="ami-1",
-        ami_launch_index="0",
-        instance_id="i-1",
-        instance_type="g4dn.xlarge",
-        region="us-east-1",
-        availability_zone="us-east-1a",
-        public_ipv4="203.0.113.7",
-    )
+    api.state.metadata = PUBLIC_METADATA
     api.state.docker.connected = True
     api.state.docker.events_processed = 12
     api.state.last_heartbeat = HeartbeatRecord(
@@ -329,7 +322,7 @@ async def test_status_reports_state_and_containers(api: Api, client: Client) -> 
     assert status["version"] == "9.9.9"
     assert status["environment"] == "localdev"
     assert status["api_url"] == "https://127.0.0.1:4678"
-    assert status["metadata"]["instance_id"] == "i-1"
+    assert status["metadata"]["instance_id"] == "i-0abc"
     assert status["draining"] is None
     assert status["docker"] == {
         "connected": True,
