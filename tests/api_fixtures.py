@@ -29,6 +29,16 @@ from fractal_hostd.metrics import Metrics
 
 SECRET = "test-secret-0123456789-abcdef"
 AUTH = {"Authorization": f"Bearer {SECRET}"}
+# A managed container's host port, and a valid cloud-storage mount request for it.
+PORT = 40000
+MOUNT_BODY = {
+    "host_port": PORT,
+    "provider": "dropbox",
+    "access_token": "at",
+    "refresh_token": "rt",
+    "expiry": "2030-01-01T00:00:00Z",
+    "token_type": "bearer",
+}
 
 
 def container_id(host_port: int) -> str:
