@@ -29,6 +29,19 @@ from tests.api_fixtures import AUTH, Running, make_api, running_api, tls_client
 TIMEOUT = 10
 
 
+def announce_waits(running: Running) -> trio.Event:
+    """An event set once a request starts waiting for its container (the registry patched)."""
+    waiting = trio.Event()
+    real_wait = running.api.registry.wait_for_host_port
+
+    async def signalling_wait(host_port: int) -> ContainerRecord:
+        waiting.set()
+        return await real_wait(host_port)
+
+    running.api.registry.wait_for_host_port = signalling_wait  # type: ignore[method-assign]
+    return waiting
+
+
 async def test_started_reports_the_bound_url_and_tls_answers(tmp_path: Path) -> None:
     with trio.fail_after(TIMEOUT):
         async with running_api(tmp_path) as running, tls_client(running) as client:
@@ -162,14 +175,7 @@ async def test_an_in_flight_request_completes_during_graceful_shutdown(tmp_path:
             tls_client(running) as client,
         ):
             answers: list[httpx.Response] = []
-            waiting = trio.Event()
-            real_wait = running.api.registry.wait_for_host_port
-
-            async def signalling_wait(host_port: int) -> ContainerRecord:
-                waiting.set()
-                return await real_wait(host_port)
-
-            running.api.registry.wait_for_host_port = signalling_wait  # type: ignore[method-assign]
+            waiting = announce_waits(running)
 
             async def slow_request() -> None:
                 answers.append(
@@ -351,14 +357,7 @@ async def test_a_request_waiting_for_its_container_does_not_hold_up_the_others(
             tls_client(running) as waiting_client,
             tls_client(running) as client,
         ):
-            waiting = trio.Event()
-            real_wait = running.api.registry.wait_for_host_port
-
-            async def signalling_wait(host_port: int) -> ContainerRecord:
-                waiting.set()
-                return await real_wait(host_port)
-
-            running.api.registry.wait_for_host_port = signalling_wait  # type: ignore[method-assign]
+            waiting = announce_waits(running)
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(
                     functools.partial(
