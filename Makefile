@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: install system-deps docker test-image run runstaging runprod test lint format bench clean
+.PHONY: install system-deps docker test-image run runstaging runprod test lint format bench clean deb
 
 # Not -q: a first install takes about a minute, and silence that long looks like a hang.
 $(STAMP): pyproject.toml
@@ -58,6 +58,10 @@ format: install
 	$(VENV)/bin/ruff format fractal_hostd tests bench
 	$(VENV)/bin/ruff check --fix fractal_hostd tests bench
 
+## deb: dist/fractal-hostd_<version>_<arch>.deb (virtualenv on Debian's python3, docs/deployment.md)
+deb:
+	@scripts/build-deb.sh
+
 ## bench: measured numbers into bench/results/*.json (never asserted by tests)
 bench: install test-image
 	@mkdir -p bench/results
@@ -69,5 +73,5 @@ bench: install test-image
 	$(PY) bench/bench_flood.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis bench/results *.egg-info
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis bench/results *.egg-info dist
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

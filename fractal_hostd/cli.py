@@ -15,6 +15,7 @@ from collections.abc import Sequence
 import fractal_hostd
 from fractal_hostd.config import API_URL_FILE, EXIT_CONFIG_ERROR, Config, ConfigError
 from fractal_hostd.process import early_signals
+from fractal_hostd.process.logs import stderr_is_journal
 
 # (flag, variable, help). Secrets have no flag: a command line is world-readable in /proc.
 _FLAGS: tuple[tuple[str, str, str], ...] = (
@@ -130,7 +131,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = _load_config(args)
     except ConfigError as exc:
-        print(f"fractal-hostd: configuration error: {exc}", file=sys.stderr)
+        # "<3>": journald's error level when stderr is the journal (`journalctl -p err`).
+        level = "<3>" if stderr_is_journal() else ""
+        print(f"{level}fractal-hostd: configuration error: {exc}", file=sys.stderr)
         return EXIT_CONFIG_ERROR
     # Imported here so `--help` and config errors stay fast and free of heavy imports.
     if args.command == "run":

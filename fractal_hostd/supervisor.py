@@ -277,6 +277,7 @@ class Service:
     ) -> None:
         """Contract §6, each step complete before the next; READY=1 only at the end."""
         config = self.config
+        sdnotify.status("reading instance metadata")
         if imds is None:
             metadata = LOCAL_METADATA
         else:
@@ -287,6 +288,7 @@ class Service:
 
         heartbeats: Heartbeats | None = None
         if webserver is not None:
+            sdnotify.status("handshake with the webserver")
             token = await webserver.handshake(metadata, deadline_s=config.handshake_timeout)
             register_secret(token)
             heartbeats = Heartbeats(
@@ -300,10 +302,12 @@ class Service:
             self.report.arm_dying_heartbeat(heartbeats.send_dying)
 
         self.state.drain_hook = self._drain_hook(heartbeats)  # POST /drain takes the spot path
+        sdnotify.status("starting the HTTPS API")
         await self._serve_api(outer, metadata)
         await self.cloud_storage.remove_leftovers()
         # Probes FRACTAL_ROOT (fatal when unwritable), then retries failed file writes.
         await inner.start(_in_task_scope("file-writer", self.lifecycle.run_file_writer))
+        sdnotify.status("reconciling Docker containers")
         docker_events = EventFanout()  # the one /events subscription, shared with the ECS task
         await inner.start(
             _in_task_scope(
@@ -317,6 +321,7 @@ class Service:
             )
         )
         if config.start_ecs_agent:
+            sdnotify.status("starting the ECS agent")
             await inner.start(
                 _in_task_scope(
                     "ecs-agent",
@@ -327,6 +332,7 @@ class Service:
                 )
             )
         if heartbeats is not None:
+            sdnotify.status("sending heartbeat 0")
             await inner.start(
                 _in_task_scope(
                     "heartbeats",
@@ -354,6 +360,7 @@ class Service:
         gc.freeze()
         self.state.mark_started()
         sdnotify.ready()
+        sdnotify.status("running")
         logger.info(
             "ready",
             extra={"seconds_since_exec": _seconds_since_exec()},

@@ -40,10 +40,11 @@ def received(sock: socket.socket) -> list[str]:
             return messages
 
 
-def test_ready_and_stopping_reach_the_socket(receiver: socket.socket) -> None:
+def test_ready_stopping_status_reach_the_socket(receiver: socket.socket) -> None:
     assert sdnotify.ready()
+    assert sdnotify.status("serving\non 4678")
     assert sdnotify.stopping()
-    assert received(receiver) == ["READY=1", "STOPPING=1"]
+    assert received(receiver) == ["READY=1", "STATUS=serving on 4678", "STOPPING=1"]
 
 
 def test_stopping_pings_the_watchdog_once_more(

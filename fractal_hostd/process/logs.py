@@ -19,6 +19,7 @@ import datetime as dt
 import functools
 import json
 import logging
+import os
 import re
 import sys
 import threading
@@ -251,12 +252,65 @@ class ConsoleFormatter(logging.Formatter):
         return text
 
 
+# sd-daemon(3) priorities: journald reads a leading `<N>` as the line's level.
+_SYSLOG_PRIORITY: Final[Mapping[int, int]] = {
+    logging.CRITICAL: 2,
+    logging.ERROR: 3,
+    logging.WARNING: 4,
+    logging.INFO: 6,
+    logging.DEBUG: 7,
+}
+
+
+def syslog_priority(levelno: int) -> int:
+    """The syslog priority of a logging level (custom levels: the next standard one up)."""
+    for level in sorted(_SYSLOG_PRIORITY):
+        if levelno <= level:
+            return _SYSLOG_PRIORITY[level]
+    return _SYSLOG_PRIORITY[logging.CRITICAL]
+
+
+def stderr_is_journal() -> bool:
+    """True when stderr is the journal stream systemd set up (JOURNAL_STREAM=<dev>:<inode>).
+
+    Comparing the device and inode, not just the variable's presence (systemd.exec(5)): a child
+    inherits JOURNAL_STREAM even when its stderr goes elsewhere.
+    """
+    dev, _, ino = os.environ.get("JOURNAL_STREAM", "").partition(":")
+    if not (dev.isdigit() and ino.isdigit()):
+        return False
+    try:
+        st = os.fstat(sys.stderr.fileno())
+    except (AttributeError, OSError, ValueError):  # no stderr, or not a real file
+        return False
+    return (st.st_dev, st.st_ino) == (int(dev), int(ino))
+
+
+class JournalPrefixFormatter(logging.Formatter):
+    """Puts the `<N>` syslog priority before each line of another formatter's text.
+
+    journald takes it as the entry's level and strips it (SyslogLevelPrefix=yes, the default),
+    so `journalctl -p err` shows errors while the stored message stays the plain JSON line.
+    Every line: journald splits a stream on newlines, and a traceback is one record.
+    """
+
+    def __init__(self, inner: logging.Formatter) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def format(self, record: logging.LogRecord) -> str:
+        prefix = f"<{syslog_priority(record.levelno)}>"
+        return "\n".join(prefix + line for line in self.inner.format(record).split("\n"))
+
+
 class _ServiceHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """Marks the handler `setup_logging` installed, so calling it again replaces it."""
 
 
 def setup_logging(*, fmt: LogFormat, level: str) -> None:
     """Send all logging to stderr (journald under systemd) in the chosen format.
+
+    When stderr is the journal, each line also carries its syslog level (`<3>` for errors).
 
     Idempotent: a second call replaces the handler installed by the first. Handlers added by
     others (pytest's caplog, for one) are left alone.
@@ -268,7 +322,10 @@ def setup_logging(*, fmt: LogFormat, level: str) -> None:
     for old in [h for h in root.handlers if isinstance(h, _ServiceHandler)]:
         root.removeHandler(old)
     handler = _ServiceHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if fmt == "json" else ConsoleFormatter())
+    formatter: logging.Formatter = JsonFormatter() if fmt == "json" else ConsoleFormatter()
+    if stderr_is_journal():
+        formatter = JournalPrefixFormatter(formatter)
+    handler.setFormatter(formatter)
     handler.addFilter(RedactingFilter())
     root.addHandler(handler)
     for name in _QUIET_LOGGERS:

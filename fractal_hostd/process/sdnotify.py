@@ -57,6 +57,11 @@ def stopping() -> bool:
     return notify("STOPPING=1\nWATCHDOG=1" if watchdog_interval() else "STOPPING=1")
 
 
+def status(text: str) -> bool:
+    """One line shown by `systemctl status`."""
+    return notify("STATUS=" + " ".join(text.split()))
+
+
 def watchdog_interval() -> float | None:
     """Seconds between keep-alive pings (half of WatchdogSec), None when no watchdog is armed."""
     usec = os.environ.get("WATCHDOG_USEC", "")
@@ -74,7 +79,7 @@ async def run_watchdog(
     """Ping systemd's watchdog every WatchdogSec/2 while the event loop runs; else just wait.
 
     A loop blocked for WatchdogSec misses its pings and systemd kills the service (SIGABRT):
-    with `Restart=no` the host then stops heartbeating and the webserver drains it.
+    systemd then restarts it (Restart=on-failure), and the new process adopts the containers.
     """
     interval = watchdog_interval()
     task_status.started()
