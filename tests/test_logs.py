@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Iterator
 
 import pytest
 from hypothesis import given, settings
@@ -13,23 +12,9 @@ from hypothesis import strategies as st
 
 from fractal_hostd.process import logs
 from fractal_hostd.process.logs import FILTERED, redact_text, redact_value
+from tests.logging_fixtures import restore_logging
 
-
-@pytest.fixture(autouse=True)
-def restore_logging() -> Iterator[None]:
-    """setup_logging changes process-wide state: put it back after each test."""
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    quiet = {name: logging.getLogger(name).level for name in ("httpx", "httpcore")}
-    access_disabled = logging.getLogger("hypercorn.access").disabled
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
-    for name, old in quiet.items():
-        logging.getLogger(name).setLevel(old)
-    logging.getLogger("hypercorn.access").disabled = access_disabled
-    logging.captureWarnings(False)
-    logs.forget_registered_secrets()
+__all__ = ["restore_logging"]  # autouse fixture
 
 
 def json_lines(err: str) -> list[dict[str, object]]:

@@ -18,21 +18,9 @@ from pathlib import Path
 import pytest
 
 from fractal_hostd.process import logs
+from tests.logging_fixtures import restore_logging
 
-
-@pytest.fixture(autouse=True)
-def restore_logging() -> Iterator[None]:
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    quiet = {name: logging.getLogger(name).level for name in ("httpx", "httpcore")}
-    access_disabled = logging.getLogger("hypercorn.access").disabled
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
-    for name, old in quiet.items():
-        logging.getLogger(name).setLevel(old)
-    logging.getLogger("hypercorn.access").disabled = access_disabled
-    logging.captureWarnings(False)
+__all__ = ["restore_logging"]  # autouse fixture
 
 
 @pytest.fixture
