@@ -211,14 +211,16 @@ async def test_an_idle_keep_alive_connection_does_not_hold_up_shutdown(tmp_path:
         await client.aclose()
 
 
-async def test_the_shielded_last_send_gives_up_after_its_limit(autojump_clock: object) -> None:
-    """The last send waits for the client to read. Shielded without a bound, a client that
-    never read (seen with an h2 client advertising a window of 0, when hypercorn still spoke
-    HTTP/2) held it out of reach of the graceful timeout's cancel: SIGTERM never ended it."""
-    blocked_for: list[float] = []
+async def _one_small_answer(
+    scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable
+) -> None:
+    await send({"type": "http.response.body", "body": b"{}", "more_body": False})
 
-    async def app(scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable) -> None:
-        await send({"type": "http.response.body", "body": b"{}", "more_body": False})
+
+async def blocked_last_send(shielded: _ShieldedSend) -> list[float]:
+    """How long each send of `shielded` held on, in a scope already cancelled (the graceful
+    timeout expired), for a client that never reads."""
+    blocked_for: list[float] = []
 
     async def window_never_opens(message: ASGISendEvent) -> None:
         started = trio.current_time()
@@ -231,10 +233,17 @@ async def test_the_shielded_last_send_gives_up_after_its_limit(autojump_clock: o
     async def receive() -> ASGIReceiveEvent:
         raise AssertionError("not called")
 
-    with trio.CancelScope() as graceful_timeout_expired:
-        graceful_timeout_expired.cancel()
-        await _ShieldedSend(app, limit=3.0)({"type": "http"}, receive, window_never_opens)  # type: ignore[arg-type]
-    assert blocked_for == [3.0]
+    with trio.CancelScope() as expired:
+        expired.cancel()
+        await shielded({"type": "http"}, receive, window_never_opens)  # type: ignore[arg-type]
+    return blocked_for
+
+
+async def test_the_shielded_last_send_gives_up_after_its_limit(autojump_clock: object) -> None:
+    """The last send waits for the client to read. Shielded without a bound, a client that
+    never read (seen with an h2 client advertising a window of 0, when hypercorn still spoke
+    HTTP/2) held it out of reach of the graceful timeout's cancel: SIGTERM never ended it."""
+    assert await blocked_last_send(_ShieldedSend(_one_small_answer, limit=3.0)) == [3.0]
 
 
 async def test_a_last_send_begun_during_the_drain_gets_only_what_is_left_of_it(
@@ -242,28 +251,9 @@ async def test_a_last_send_begun_during_the_drain_gets_only_what_is_left_of_it(
 ) -> None:
     """The stop path's bound counts the drain once: a send that starts 2.5 s into a 3 s drain
     may hold the shield 0.5 s, not another whole graceful timeout."""
-    blocked_for: list[float] = []
-
-    async def app(scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable) -> None:
-        await send({"type": "http.response.body", "body": b"{}", "more_body": False})
-
-    async def window_never_opens(message: ASGISendEvent) -> None:
-        started = trio.current_time()
-        try:
-            with trio.move_on_after(3600):
-                await trio.sleep_forever()
-        finally:
-            blocked_for.append(trio.current_time() - started)
-
-    async def receive() -> ASGIReceiveEvent:
-        raise AssertionError("not called")
-
-    shielded = _ShieldedSend(app, limit=3.0)
+    shielded = _ShieldedSend(_one_small_answer, limit=3.0)
     shielded.drain_deadline = trio.current_time() + 0.5
-    with trio.CancelScope() as drain_expired:
-        drain_expired.cancel()
-        await shielded({"type": "http"}, receive, window_never_opens)  # type: ignore[arg-type]
-    assert blocked_for == [0.5]
+    assert await blocked_last_send(shielded) == [0.5]
 
 
 def _has_ipv6_loopback() -> bool:
