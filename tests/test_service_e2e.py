@@ -9,6 +9,7 @@ start-up and shutdown times are printed for the notes (`pytest -s`).
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import ssl
@@ -362,7 +363,7 @@ async def test_in_flight_request_completes_on_every_shutdown_path(
         assert "4999" in answers[0].json()["error"]
 
 
-async def test_api_address_in_use_is_fatal_and_named(tmp_path: Path) -> None:
+async def test_api_address_in_use_is_fatal_and_names_its_holder(tmp_path: Path) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -372,6 +373,10 @@ async def test_api_address_in_use_is_fatal_and_named(tmp_path: Path) -> None:
             async with running_service(tmp_path, env) as service:
                 code, _ = await _exit(service)
             assert code == 1
+            logs = service.logs()
+            assert f"held by pid {os.getpid()} (" in logs
+            assert "stop it or choose another port" in logs
+            assert "Traceback" not in logs
             event = _exception_event(peers)
             exception = event["exception"]["values"][-1]
             assert exception["type"] == "ApiUnavailable"
