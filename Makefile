@@ -59,6 +59,7 @@ lint: install
 	$(VENV)/bin/ruff check fractal_hostd tests bench
 	$(VENV)/bin/ruff format --check fractal_hostd tests bench
 	$(VENV)/bin/mypy --strict fractal_hostd
+	$(VENV)/bin/mypy --strict tests
 
 format: install
 	$(VENV)/bin/ruff format fractal_hostd tests bench

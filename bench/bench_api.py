@@ -44,7 +44,7 @@ def serve(workdir: Path, log_level: str) -> None:
     import trio
 
     sys.path.insert(0, str(REPO))
-    from fractal_hostd.logs import setup_logging
+    from fractal_hostd.process.logs import setup_logging
     from tests.api_fixtures import make_api, running_api
 
     setup_logging(fmt="json", level=log_level)

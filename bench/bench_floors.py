@@ -66,7 +66,7 @@ def serve_floor(kind: str, workdir: Path) -> None:
     from quart_trio import QuartTrio
 
     from fractal_hostd.api.server import hypercorn_config
-    from fractal_hostd.tls import generate_certificate
+    from fractal_hostd.api.tls import generate_certificate
 
     tls = generate_certificate(workdir / "private")
     config = hypercorn_config(

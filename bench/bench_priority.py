@@ -37,12 +37,12 @@ from bench_docker import TimedLifecycle, fake_engine_process, percentile, stream
 
 from fractal_hostd.api.app import create_app  # noqa: E402
 from fractal_hostd.api.server import serve_api  # noqa: E402
+from fractal_hostd.api.tls import generate_certificate  # noqa: E402
 from fractal_hostd.containers.registry import ContainerRegistry  # noqa: E402
 from fractal_hostd.docker.client import DockerClient  # noqa: E402
 from fractal_hostd.hoststate import DockerStatus, HostState  # noqa: E402
-from fractal_hostd.logs import setup_logging  # noqa: E402
 from fractal_hostd.metrics import Metrics  # noqa: E402
-from fractal_hostd.tls import generate_certificate  # noqa: E402
+from fractal_hostd.process.logs import setup_logging  # noqa: E402
 
 RESULTS = REPO / "bench" / "results" / "priority.json"
 GOAL_P50_RATIO = 1.5

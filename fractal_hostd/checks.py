@@ -17,11 +17,11 @@ from typing import TextIO
 
 import trio
 
-from fractal_hostd import instance_lock
-from fractal_hostd.cloud_storage_check import check_prerequisites as cloud_storage_prerequisites
+from fractal_hostd.cloud_storage.check import check_prerequisites as cloud_storage_prerequisites
 from fractal_hostd.config import Config
 from fractal_hostd.docker.client import DockerClient, DockerError, DockerUnreachable
-from fractal_hostd.portholder import describe_port_holder, listening_inodes
+from fractal_hostd.process import instance_lock
+from fractal_hostd.process.portholder import describe_port_holder, listening_inodes
 
 DOCKER_CHECK_TIMEOUT = 5.0
 _DOCKER_REMEDY = (

@@ -13,11 +13,9 @@ import sys
 from collections.abc import Sequence
 
 import fractal_hostd
-from fractal_hostd import early_signals
-from fractal_hostd.config import API_URL_FILE, Config, ConfigError
-from fractal_hostd.logs import stderr_is_journal
-
-EXIT_CONFIG_ERROR = 2
+from fractal_hostd.config import API_URL_FILE, EXIT_CONFIG_ERROR, Config, ConfigError
+from fractal_hostd.process import early_signals
+from fractal_hostd.process.logs import stderr_is_journal
 
 # (flag, variable, help). Secrets have no flag: a command line is world-readable in /proc.
 _FLAGS: tuple[tuple[str, str, str], ...] = (
@@ -158,7 +156,7 @@ def _run(config: Config) -> int:
     The lock comes before everything with a side effect (Sentry, handshake, files, mounts, the
     API port): a refused instance sends nothing and touches nothing of the running one.
     """
-    from fractal_hostd.instance_lock import InstanceLocked, LockUnavailable, acquire
+    from fractal_hostd.process.instance_lock import InstanceLocked, LockUnavailable, acquire
 
     try:
         # Never released: the descriptors close when the process ends, after the last

@@ -21,6 +21,7 @@ AUTH_SECRET_CREDENTIAL = "webserver_auth_secret"  # noqa: S105 (a name, not a se
 SENTRY_DSN_CREDENTIAL = "sentry_dsn"
 # Written into the private directory at start-up so `fractal-hostd status` finds a port-0 API.
 API_URL_FILE = "api_url"
+EXIT_CONFIG_ERROR = 2  # contract §7: a configuration error, found before start-up
 
 
 class ConfigError(Exception):
@@ -403,8 +404,3 @@ def _read_secret_file(what: str, path: Path) -> str:
     if not value:
         raise ConfigError(f"{what}={str(path)!r} is not allowed: the file is empty")
     return value
-
-
-def load() -> Config:
-    """The configuration of this process."""
-    return Config.from_env(os.environ)

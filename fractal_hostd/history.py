@@ -24,7 +24,7 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
-from fractal_hostd.logs import RedactingFilter
+from fractal_hostd.process.logs import RedactingFilter
 
 PER_CONTAINER = 12
 GONE_KEPT = 20

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import logging
 import signal
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import trio
 
-from fractal_hostd.logs import NO_SENTRY_EVENT
+from fractal_hostd.exception_groups import leaves
+from fractal_hostd.process.logs import NO_SENTRY_EVENT
 
 logger = logging.getLogger(__name__)
 
@@ -47,12 +48,12 @@ class ShutdownCause:
         error = _without_cancellations(exc)
         if error is None:
             return None
-        leaves = list(_leaves(error))
-        if len(leaves) == 1:
-            error = leaves[0]
-        if all(isinstance(leaf, fatal_types) for leaf in leaves):
-            return cls("fatal", _one_line(leaves[0]), error)
-        crash = next(leaf for leaf in leaves if not isinstance(leaf, fatal_types))
+        found = list(leaves(error))
+        if len(found) == 1:
+            error = found[0]
+        if all(isinstance(leaf, fatal_types) for leaf in found):
+            return cls("fatal", _one_line(found[0]), error)
+        crash = next(leaf for leaf in found if not isinstance(leaf, fatal_types))
         return cls("crash", f"crash: {type(crash).__name__}: {_one_line(crash)}", error)
 
 
@@ -63,14 +64,6 @@ def _without_cancellations(exc: BaseException) -> BaseException | None:
         _, rest = exc.split(trio.Cancelled)
         return rest
     return exc
-
-
-def _leaves(exc: BaseException) -> Iterator[BaseException]:
-    if isinstance(exc, BaseExceptionGroup):
-        for inner in exc.exceptions:
-            yield from _leaves(inner)
-    else:
-        yield exc
 
 
 def _one_line(exc: BaseException) -> str:

@@ -18,7 +18,6 @@ the outer nursery closes. Start-up runs inside the inner nursery's body, step by
 from __future__ import annotations
 
 import contextlib
-import errno
 import faulthandler
 import functools
 import gc
@@ -31,42 +30,34 @@ from typing import Any
 
 import trio
 
-from fractal_hostd import __version__, early_signals, private_dir, sdnotify, telemetry
-from fractal_hostd.api.app import create_app
-from fractal_hostd.api.server import serve_api
-from fractal_hostd.cloud_storage import CloudStorage
-from fractal_hostd.config import API_URL_FILE, Config
+from fractal_hostd import __version__
+from fractal_hostd.api.bootstrap import ApiUnavailable, api_private_entries, start_api
+from fractal_hostd.cloud_storage.mounts import CloudStorage
+from fractal_hostd.cloud_storage.rclone_cache import default_cache_root
+from fractal_hostd.config import EXIT_CONFIG_ERROR, Config
 from fractal_hostd.containers.lifecycle import ContainerLifecycle, MappingsUnwritable
 from fractal_hostd.containers.registry import ContainerRecord, ContainerRegistry
 from fractal_hostd.docker.client import DockerClient
 from fractal_hostd.docker.events import DockerUnreachableFatal, run_event_stream
 from fractal_hostd.docker.fanout import EventFanout
 from fractal_hostd.ecs_agent import EcsAgentError, run_ecs_agent
-from fractal_hostd.heartbeat import Heartbeats
 from fractal_hostd.hoststate import DrainNotice, HostState, InstanceMetadata
-from fractal_hostd.imds import LOCAL_METADATA, ImdsClient, MetadataUnavailable, fetch_metadata
-from fractal_hostd.logs import register_secret, setup_logging
-from fractal_hostd.metrics import Metrics
-from fractal_hostd.portholder import describe_port_holder
-from fractal_hostd.rclone_cache import default_cache_root
-from fractal_hostd.secrets import (
-    ensure_private_dir,
-    load_or_create_auth_secret,
-    write_private_file,
+from fractal_hostd.metadata.imds import (
+    LOCAL_METADATA,
+    ImdsClient,
+    MetadataUnavailable,
+    fetch_metadata,
 )
+from fractal_hostd.metadata.spot import DrainHook, run_spot_poller
+from fractal_hostd.metrics import Metrics
+from fractal_hostd.process import early_signals, private_dir, sdnotify, telemetry
+from fractal_hostd.process.logs import register_secret, setup_logging
+from fractal_hostd.process.signal_watch import SignalWatcher
 from fractal_hostd.shutdown import ShutdownCause, ShutdownReport
-from fractal_hostd.signal_watch import SignalWatcher
-from fractal_hostd.spot import DrainHook, run_spot_poller
-from fractal_hostd.tls import CERT_FILE_NAME, KEY_FILE_NAME, generate_certificate
-from fractal_hostd.webserver import HandshakeFailed, WebserverClient
+from fractal_hostd.webserver.client import HandshakeFailed, WebserverClient
+from fractal_hostd.webserver.heartbeat import Heartbeats
 
 logger = logging.getLogger(__name__)
-
-
-class ApiUnavailable(Exception):
-    """The HTTPS API cannot listen where it is configured to."""
-
-    show_traceback = False  # the operator's to fix; the message says what (shutdown.py)
 
 
 # Conditions that end the service on purpose; anything else escaping a child is a crash.
@@ -82,7 +73,6 @@ FATAL_ERRORS: tuple[type[BaseException], ...] = (
 UNMOUNT_ALL_TIMEOUT = 4.0
 PRIVATE_DIR_REMOVAL_TIMEOUT = 1.0
 LOCAL_CLEANUP_TIMEOUT = UNMOUNT_ALL_TIMEOUT + PRIVATE_DIR_REMOVAL_TIMEOUT
-EXIT_CONFIG_ERROR = 2
 
 # The rest of the stop path, each step with a real bound (docs/architecture.md derives the
 # unit's TimeoutStopSec from them). Children cancelled: a mount failing at that moment still
@@ -301,7 +291,6 @@ class Service:
             sdnotify.status("handshake with the webserver")
             token = await webserver.handshake(metadata, deadline_s=config.handshake_timeout)
             register_secret(token)
-            logger.info("handshake with the webserver done")
             heartbeats = Heartbeats(
                 webserver,
                 auth_token=token,
@@ -378,55 +367,18 @@ class Service:
         )
 
     async def _serve_api(self, outer: trio.Nursery, metadata: InstanceMetadata) -> None:
-        config = self.config
-        ensure_private_dir(config.private_dir)
-        if config.webserver_auth_secret is not None:
-            secret = config.webserver_auth_secret.reveal()
-        else:
-            secret = load_or_create_auth_secret(config.auth_secret_file)
-        register_secret(secret)
-        cert = generate_certificate(
-            config.private_dir,
-            extra_names=[ip for ip in (metadata.local_ipv4, metadata.public_ipv4) if ip],
-        )
-        app = create_app(
+        await start_api(
+            outer,
+            self.config,
+            metadata,
             state=self.state,
             registry=self.registry,
             lifecycle=self.lifecycle,
             metrics=self.metrics,
-            auth_secret=secret,
             cloud_storage=self.cloud_storage,
-            container_wait=config.container_wait,
+            shutdown_trigger=self._api_stop.wait,
+            graceful_timeout=API_GRACEFUL_TIMEOUT,
         )
-        try:
-            url = await outer.start(
-                functools.partial(
-                    serve_api,
-                    app,
-                    bind=config.api_bind,
-                    certfile=cert.certfile,
-                    keyfile=cert.keyfile,
-                    shutdown_trigger=self._api_stop.wait,
-                    graceful_timeout=API_GRACEFUL_TIMEOUT,
-                    max_connections=config.api_max_connections,
-                    metrics_registry=self.metrics.registry,
-                )
-            )
-        except* OSError as errors:
-            # Address in use, or not an address of this host: a fatal condition naming the knob.
-            error: BaseException = errors
-            while isinstance(error, BaseExceptionGroup):
-                error = error.exceptions[0]
-            reason = error.strerror if isinstance(error, OSError) and error.strerror else error
-            if isinstance(error, OSError) and error.errno == errno.EADDRINUSE:
-                holder = describe_port_holder(config.api_port)
-                reason = f"{reason}, {holder}; stop it or choose another port"
-            raise ApiUnavailable(
-                f"cannot serve the API on FRACTAL_API_BIND={config.api_bind}: {reason}"
-            ) from error
-        self.state.api_url = url
-        write_private_file(config.private_dir / API_URL_FILE, url)
-        logger.info("HTTPS API serving", extra={"url": url})
 
     def _count_heartbeat(self, ok: bool) -> None:
         self.metrics.heartbeat_sent(self.state.last_heartbeat)  # counts, round trip, last ok
@@ -480,9 +432,6 @@ class Service:
     def _own_private_entries(self) -> tuple[str, ...]:
         """What the service writes into FRACTAL_PRIVATE_DIR: all it may remove there (§7a)."""
         return (
-            KEY_FILE_NAME,
-            CERT_FILE_NAME,
-            API_URL_FILE,
-            self.config.auth_secret_file.name,
+            *api_private_entries(self.config),
             "rclone",  # CloudStorage's config_dir, above
         )

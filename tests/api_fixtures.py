@@ -19,16 +19,26 @@ from quart_trio import QuartTrio
 
 from fractal_hostd.api.app import create_app
 from fractal_hostd.api.server import serve_api
-from fractal_hostd.cloud_storage import MountFailed
+from fractal_hostd.api.tls import TlsFiles, generate_certificate
+from fractal_hostd.cloud_storage.mounts import MountFailed
 from fractal_hostd.containers.info import ContainerInfo
 from fractal_hostd.containers.lifecycle import ContainerLifecycle, run_inline
 from fractal_hostd.containers.registry import ContainerRecord, ContainerRegistry
 from fractal_hostd.hoststate import HostState
 from fractal_hostd.metrics import Metrics
-from fractal_hostd.tls import TlsFiles, generate_certificate
 
 SECRET = "test-secret-0123456789-abcdef"
 AUTH = {"Authorization": f"Bearer {SECRET}"}
+# A managed container's host port, and a valid cloud-storage mount request for it.
+PORT = 40000
+MOUNT_BODY = {
+    "host_port": PORT,
+    "provider": "dropbox",
+    "access_token": "at",
+    "refresh_token": "rt",
+    "expiry": "2030-01-01T00:00:00Z",
+    "token_type": "bearer",
+}
 
 
 def container_id(host_port: int) -> str:

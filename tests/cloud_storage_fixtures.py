@@ -7,9 +7,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from fractal_hostd.cloud_storage import CloudStorage, MountOptions, OAuthToken
+import pytest
+import trio
+
+from fractal_hostd.cloud_storage.mounts import CloudStorage, MountOptions, OAuthToken
 
 FAKE_RCLONE = Path(__file__).parent / "fakes" / "fake_rclone.py"
+PORT = 32768  # the container's host port in every cloud-storage test
+LIMIT = 20  # absolute bound of a mount in these tests
 
 # Made-up credentials, distinctive enough that finding one anywhere is a real leak.
 ACCESS_TOKEN = "ya29.ACCESS-Zq8m3Kx7-made-up"
@@ -110,3 +115,39 @@ class FakeTools:
         }
         settings.update(overrides)
         return CloudStorage(root=root, config_dir=config_dir, **settings)
+
+
+@pytest.fixture
+def tools(tmp_path: Path) -> FakeTools:
+    return FakeTools(tmp_path / "tools")
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    return tmp_path / "fractal"
+
+
+@pytest.fixture
+def config_dir(tmp_path: Path) -> Path:
+    return tmp_path / "private" / "rclone"
+
+
+async def mount(
+    storage: CloudStorage,
+    provider: str = "google_drive",
+    *,
+    host_port: int = PORT,
+    container_id: str = CONTAINER_ID,
+    token: OAuthToken = TOKEN,
+    client_id: str | None = CLIENT_ID,
+    client_secret: str | None = CLIENT_SECRET,
+) -> Path:
+    with trio.fail_after(LIMIT):
+        return await storage.mount(
+            host_port=host_port,
+            container_id=container_id,
+            provider=provider,
+            token=token,
+            client_id=client_id,
+            client_secret=client_secret,
+        )

@@ -13,9 +13,9 @@ import sys
 
 import trio
 
-from fractal_hostd import early_signals
 from fractal_hostd.config import Config
-from fractal_hostd.logs import setup_logging
+from fractal_hostd.process import early_signals
+from fractal_hostd.process.logs import setup_logging
 from fractal_hostd.supervisor import Service
 
 

@@ -126,5 +126,5 @@ async def test_secret_is_never_echoed(api: Api) -> None:
         {"auth_secret": SECRET + "x", "host_port": PORT, "dpi": 96},
     ):
         answer = await client.put("/set_container_dpi", json=body)
-        assert SECRET not in (await answer.get_data()).decode()
+        assert SECRET not in await answer.get_data(as_text=True)
         assert SECRET not in str(dict(answer.headers))

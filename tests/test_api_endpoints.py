@@ -15,8 +15,9 @@ import pytest
 import trio
 from quart.typing import TestClientProtocol as Client
 
-from fractal_hostd.hoststate import DrainNotice, HeartbeatRecord, InstanceMetadata
+from fractal_hostd.hoststate import DrainNotice, HeartbeatRecord
 from tests.api_fixtures import AUTH, SECRET, Api, container_id, make_api
+from tests.instance_fixtures import PUBLIC_METADATA
 
 PORT = 40000
 MOUNT_BODY = {
@@ -187,7 +188,7 @@ async def test_mount_calls_cloud_storage_and_records_the_provider(api: Api, clie
 
 
 async def test_mount_failure_is_406_with_its_message(api: Api, client: Client) -> None:
-    from fractal_hostd.cloud_storage import MountFailed
+    from fractal_hostd.cloud_storage.mounts import MountFailed
 
     record = await api.add_container(PORT)
     assert api.cloud_storage is not None
@@ -306,15 +307,7 @@ async def test_health_needs_no_auth(client: Client) -> None:
 
 
 async def test_status_reports_state_and_containers(api: Api, client: Client) -> None:
-    api.state.metadata = InstanceMetadata(
-        ami_id="ami-1",
-        ami_launch_index="0",
-        instance_id="i-1",
-        instance_type="g4dn.xlarge",
-        region="us-east-1",
-        availability_zone="us-east-1a",
-        public_ipv4="203.0.113.7",
-    )
+    api.state.metadata = PUBLIC_METADATA
     api.state.docker.connected = True
     api.state.docker.events_processed = 12
     api.state.last_heartbeat = HeartbeatRecord(
@@ -329,7 +322,7 @@ async def test_status_reports_state_and_containers(api: Api, client: Client) -> 
     assert status["version"] == "9.9.9"
     assert status["environment"] == "localdev"
     assert status["api_url"] == "https://127.0.0.1:4678"
-    assert status["metadata"]["instance_id"] == "i-1"
+    assert status["metadata"]["instance_id"] == "i-0abc"
     assert status["draining"] is None
     assert status["docker"] == {
         "connected": True,
@@ -490,7 +483,8 @@ async def test_unknown_path_is_json_404(client: Client) -> None:
 async def test_wrong_method_is_json_405_with_allow(
     client: Client, method: str, path: str, allowed: str
 ) -> None:
-    answer = await client.open(path, method=method, headers=AUTH)
+    # quart's TestClientProtocol.open lacks the json default its implementation has.
+    answer = await client.open(path, method=method, headers=AUTH)  # type: ignore[call-arg]
     assert answer.status_code == 405
     assert await _json(answer) == {"error": "method not allowed"}
     assert allowed in answer.headers["Allow"]
@@ -516,7 +510,7 @@ async def test_a_bug_is_a_logged_json_500(
     async def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError("disk on fire")
 
-    api.lifecycle.set_start_values = broken  # type: ignore[method-assign]
+    api.lifecycle.set_start_values = broken  # type: ignore[method-assign,assignment]
     answer = await client.put(
         "/set_container_dpi", json={"host_port": PORT, "dpi": 96}, headers=AUTH
     )
@@ -559,8 +553,10 @@ async def test_one_log_line_per_request_and_successful_reads_at_debug(
     await client.put("/set_container_dpi", json={"host_port": PORT, "dpi": 96}, headers=AUTH)
     await client.get("/status")  # 401
     levels = [
-        (r.levelname, r.path) for r in caplog.records if r.name.startswith("fractal_hostd.api")
-    ]  # type: ignore[attr-defined]
+        (r.levelname, r.__dict__.get("path"))
+        for r in caplog.records
+        if r.name.startswith("fractal_hostd.api")
+    ]
     assert levels == [
         ("DEBUG", "/health"),
         ("DEBUG", "/metrics"),

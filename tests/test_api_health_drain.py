@@ -24,21 +24,11 @@ from fractal_hostd.containers.registry import ContainerRegistry
 from fractal_hostd.docker.client import DockerClient
 from fractal_hostd.docker.events import run_event_stream
 from fractal_hostd.hoststate import DockerStatus, DrainNotice
-from tests.api_fixtures import AUTH, Api, make_api
+from tests.api_fixtures import AUTH, MOUNT_BODY, PORT, Api, make_api
 from tests.docker_fixtures import fake_client, fake_docker
 from tests.fakes.docker_engine import FakeDockerEngine
 
 __all__ = ["fake_client", "fake_docker"]
-
-PORT = 40000
-MOUNT_BODY = {
-    "host_port": PORT,
-    "provider": "dropbox",
-    "access_token": "at",
-    "refresh_token": "rt",
-    "expiry": "2030-01-01T00:00:00Z",
-    "token_type": "bearer",
-}
 
 
 async def _json(response: Any) -> Any:

@@ -49,7 +49,7 @@ async def test_metrics_expose_state_counters_and_request_stats(tmp_path: Path) -
     assert answer.mimetype == "text/plain"
     # The exact type docs/api.md names (prometheus-client's CONTENT_TYPE_LATEST).
     assert answer.headers["Content-Type"] == "text/plain; version=1.0.0; charset=utf-8"
-    samples = _samples((await answer.get_data()).decode())
+    samples = _samples(await answer.get_data(as_text=True))
     expected = {
         ("fractal_hostd_managed_containers", ()): 2,
         ("fractal_hostd_ready_containers", ()): 1,
@@ -82,12 +82,12 @@ async def test_metrics_expose_state_counters_and_request_stats(tmp_path: Path) -
 async def test_metrics_gauges_follow_the_state_at_scrape_time(tmp_path: Path) -> None:
     api = make_api(tmp_path)
     client = api.app.test_client()
-    first = _samples((await (await client.get("/metrics", headers=AUTH)).get_data()).decode())
+    first = _samples(await (await client.get("/metrics", headers=AUTH)).get_data(as_text=True))
     assert first[("fractal_hostd_managed_containers", ())] == 0
     assert first[("fractal_hostd_draining", ())] == 0
     assert ("fractal_hostd_last_heartbeat_timestamp_seconds", ()) not in first
     await api.add_container(PORT)
-    second = _samples((await (await client.get("/metrics", headers=AUTH)).get_data()).decode())
+    second = _samples(await (await client.get("/metrics", headers=AUTH)).get_data(as_text=True))
     assert second[("fractal_hostd_managed_containers", ())] == 1
 
 

@@ -22,11 +22,24 @@ from hypercorn.typing import (
 )
 
 from fractal_hostd.api.server import _ShieldedSend, hypercorn_config, serve_api
+from fractal_hostd.api.tls import generate_certificate
 from fractal_hostd.containers.registry import ContainerRecord
-from fractal_hostd.tls import generate_certificate
 from tests.api_fixtures import AUTH, Running, make_api, running_api, tls_client
 
 TIMEOUT = 10
+
+
+def announce_waits(running: Running) -> trio.Event:
+    """An event set once a request starts waiting for its container (the registry patched)."""
+    waiting = trio.Event()
+    real_wait = running.api.registry.wait_for_host_port
+
+    async def signalling_wait(host_port: int) -> ContainerRecord:
+        waiting.set()
+        return await real_wait(host_port)
+
+    running.api.registry.wait_for_host_port = signalling_wait  # type: ignore[method-assign]
+    return waiting
 
 
 async def test_started_reports_the_bound_url_and_tls_answers(tmp_path: Path) -> None:
@@ -87,28 +100,71 @@ async def test_tls_1_2_and_1_3_are_accepted(tmp_path: Path) -> None:
                     assert (await client.get("/health")).status_code == 200
 
 
-async def test_an_http2_request_answered_before_its_body_ends_does_not_stop_the_server(
-    tmp_path: Path,
-) -> None:
-    """hypercorn's HTTP/2 code raises KeyError for DATA on a stream it already answered
-    (a 413 for an oversized body, a 404 for an unknown path): that used to escape the
-    connection and end the whole server, and with it the service."""
+async def test_a_client_offering_http2_is_answered_in_http_1_1(tmp_path: Path) -> None:
+    """HTTP/1.1 only: ALPN never selects h2. hypercorn's HTTP/2 code let a client end the
+    whole server (KeyError for DATA on a stream it already answered: a 413 for an oversized
+    body, a 404 for an unknown path); over HTTP/1.1 those are plain answers."""
     with trio.fail_after(TIMEOUT):
         async with running_api(tmp_path) as running:
             verify = ssl.create_default_context(cafile=str(running.tls.certfile))
-            for path in ("/set_container_dpi", "/no_such_path"):
+            for path, status in (("/set_container_dpi", 413), ("/no_such_path", 404)):
                 async with httpx.AsyncClient(
                     base_url=running.url, verify=verify, http2=True
                 ) as client:
                     try:
                         answer = await client.put(path, content=b" " * 200_000, headers=AUTH)
                     except httpx.TransportError:
-                        pass  # the connection may be dropped; the server must live on
+                        pass  # answered and closed before the body was all sent: HTTP/1.1's way
                     else:
-                        assert answer.status_code in (404, 413)
+                        assert (answer.http_version, answer.status_code) == ("HTTP/1.1", status)
             async with httpx.AsyncClient(base_url=running.url, verify=verify, http2=True) as c:
                 answer = await c.get("/health")
-            assert (answer.http_version, answer.status_code) == ("HTTP/2", 200)
+            assert (answer.http_version, answer.status_code) == ("HTTP/1.1", 200)
+
+
+async def _raw_exchange(running: Running, request: bytes) -> bytes:
+    """Send `request` over a TLS connection that settled HTTP/1.1 by ALPN (the ways into
+    HTTP/2 tried here are in-band); what comes back before the server closes or goes quiet."""
+    context = ssl.create_default_context(cafile=str(running.tls.certfile))
+    context.set_alpn_protocols(["http/1.1"])
+    port = int(running.url.rsplit(":", 1)[1])
+    stream = await trio.open_ssl_over_tcp_stream("127.0.0.1", port, ssl_context=context)
+    await stream.do_handshake()
+    assert stream.selected_alpn_protocol() == "http/1.1"
+    received = b""
+    async with stream:
+        await stream.send_all(request)
+        with trio.move_on_after(1):
+            while chunk := await stream.receive_some():
+                received += chunk
+                if b"\r\n\r\n" in received:
+                    break
+    return received
+
+
+async def test_an_h2c_upgrade_is_ignored(tmp_path: Path) -> None:
+    """`Upgrade: h2c` is just a header: the answer is HTTP/1.1 200, not 101 then HTTP/2."""
+    request = (
+        b"GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade, HTTP2-Settings\r\n"
+        b"Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n"
+    )
+    with trio.fail_after(TIMEOUT):
+        async with running_api(tmp_path) as running:
+            answer = await _raw_exchange(running, request)
+    assert answer.startswith(b"HTTP/1.1 200 "), answer[:40]
+
+
+async def test_the_http2_preface_is_not_taken_as_http2(tmp_path: Path) -> None:
+    """HTTP/2 by prior knowledge (its preface, then a SETTINGS frame) gets an HTTP/1.1 answer
+    and the server goes on."""
+    settings_frame = b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+    with trio.fail_after(TIMEOUT):
+        async with running_api(tmp_path) as running, tls_client(running) as client:
+            answer = await _raw_exchange(
+                running, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + settings_frame
+            )
+            assert answer.startswith(b"HTTP/1.1 4"), answer[:40]
+            assert (await client.get("/health")).status_code == 200
 
 
 async def test_an_in_flight_request_completes_during_graceful_shutdown(tmp_path: Path) -> None:
@@ -119,14 +175,7 @@ async def test_an_in_flight_request_completes_during_graceful_shutdown(tmp_path:
             tls_client(running) as client,
         ):
             answers: list[httpx.Response] = []
-            waiting = trio.Event()
-            real_wait = running.api.registry.wait_for_host_port
-
-            async def signalling_wait(host_port: int) -> ContainerRecord:
-                waiting.set()
-                return await real_wait(host_port)
-
-            running.api.registry.wait_for_host_port = signalling_wait  # type: ignore[method-assign]
+            waiting = announce_waits(running)
 
             async def slow_request() -> None:
                 answers.append(
@@ -162,14 +211,16 @@ async def test_an_idle_keep_alive_connection_does_not_hold_up_shutdown(tmp_path:
         await client.aclose()
 
 
-async def test_the_shielded_last_send_gives_up_after_its_limit(autojump_clock: object) -> None:
-    """Over HTTP/2 the last send waits for the client's flow-control window. Shielded without
-    a bound, a client advertising a window of 0 held it out of reach of the graceful
-    timeout's cancel, and a SIGTERM never ended the service (seen with a real h2 client)."""
-    blocked_for: list[float] = []
+async def _one_small_answer(
+    scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable
+) -> None:
+    await send({"type": "http.response.body", "body": b"{}", "more_body": False})
 
-    async def app(scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable) -> None:
-        await send({"type": "http.response.body", "body": b"{}", "more_body": False})
+
+async def blocked_last_send(shielded: _ShieldedSend) -> list[float]:
+    """How long each send of `shielded` held on, in a scope already cancelled (the graceful
+    timeout expired), for a client that never reads."""
+    blocked_for: list[float] = []
 
     async def window_never_opens(message: ASGISendEvent) -> None:
         started = trio.current_time()
@@ -182,10 +233,17 @@ async def test_the_shielded_last_send_gives_up_after_its_limit(autojump_clock: o
     async def receive() -> ASGIReceiveEvent:
         raise AssertionError("not called")
 
-    with trio.CancelScope() as graceful_timeout_expired:
-        graceful_timeout_expired.cancel()
-        await _ShieldedSend(app, limit=3.0)({"type": "http"}, receive, window_never_opens)  # type: ignore[arg-type]
-    assert blocked_for == [3.0]
+    with trio.CancelScope() as expired:
+        expired.cancel()
+        await shielded({"type": "http"}, receive, window_never_opens)  # type: ignore[arg-type]
+    return blocked_for
+
+
+async def test_the_shielded_last_send_gives_up_after_its_limit(autojump_clock: object) -> None:
+    """The last send waits for the client to read. Shielded without a bound, a client that
+    never read (seen with an h2 client advertising a window of 0, when hypercorn still spoke
+    HTTP/2) held it out of reach of the graceful timeout's cancel: SIGTERM never ended it."""
+    assert await blocked_last_send(_ShieldedSend(_one_small_answer, limit=3.0)) == [3.0]
 
 
 async def test_a_last_send_begun_during_the_drain_gets_only_what_is_left_of_it(
@@ -193,28 +251,9 @@ async def test_a_last_send_begun_during_the_drain_gets_only_what_is_left_of_it(
 ) -> None:
     """The stop path's bound counts the drain once: a send that starts 2.5 s into a 3 s drain
     may hold the shield 0.5 s, not another whole graceful timeout."""
-    blocked_for: list[float] = []
-
-    async def app(scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable) -> None:
-        await send({"type": "http.response.body", "body": b"{}", "more_body": False})
-
-    async def window_never_opens(message: ASGISendEvent) -> None:
-        started = trio.current_time()
-        try:
-            with trio.move_on_after(3600):
-                await trio.sleep_forever()
-        finally:
-            blocked_for.append(trio.current_time() - started)
-
-    async def receive() -> ASGIReceiveEvent:
-        raise AssertionError("not called")
-
-    shielded = _ShieldedSend(app, limit=3.0)  # type: ignore[arg-type]
+    shielded = _ShieldedSend(_one_small_answer, limit=3.0)
     shielded.drain_deadline = trio.current_time() + 0.5
-    with trio.CancelScope() as drain_expired:
-        drain_expired.cancel()
-        await shielded({"type": "http"}, receive, window_never_opens)  # type: ignore[arg-type]
-    assert blocked_for == [0.5]
+    assert await blocked_last_send(shielded) == [0.5]
 
 
 def _has_ipv6_loopback() -> bool:
@@ -308,14 +347,7 @@ async def test_a_request_waiting_for_its_container_does_not_hold_up_the_others(
             tls_client(running) as waiting_client,
             tls_client(running) as client,
         ):
-            waiting = trio.Event()
-            real_wait = running.api.registry.wait_for_host_port
-
-            async def signalling_wait(host_port: int) -> ContainerRecord:
-                waiting.set()
-                return await real_wait(host_port)
-
-            running.api.registry.wait_for_host_port = signalling_wait  # type: ignore[method-assign]
+            waiting = announce_waits(running)
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(
                     functools.partial(

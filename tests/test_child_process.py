@@ -13,13 +13,11 @@ from pathlib import Path
 import pytest
 import trio
 
-from fractal_hostd import child_process, cloud_storage_check, telemetry
-from fractal_hostd.child_process import ALLOWED_NAMES, child_environment, run_child
-from fractal_hostd.fuse_unmount import lazy_unmount
-from tests.cloud_storage_fixtures import CONTAINER_ID, TOKEN, FakeTools
-
-PORT = 32768
-LIMIT = 20
+from fractal_hostd.cloud_storage import check as cloud_storage_check
+from fractal_hostd.cloud_storage.fuse_unmount import lazy_unmount
+from fractal_hostd.process import child_process, telemetry
+from fractal_hostd.process.child_process import ALLOWED_NAMES, child_environment, run_child
+from tests.cloud_storage_fixtures import LIMIT, PORT, FakeTools, mount
 
 # What the service's own environment can hold under systemd: none of it may reach a child.
 SERVICE_SECRETS = {
@@ -81,17 +79,10 @@ def test_child_environment_always_has_a_path() -> None:
 async def test_rclone_and_unmount_tools_get_no_secret(tmp_path: Path) -> None:
     tools = FakeTools(tmp_path / "tools")
     storage = tools.storage(tmp_path / "fractal", tmp_path / "private" / "rclone")
+    await mount(storage, client_id=None, client_secret=None)
+    tools.behave("fusermount3", exit=1)  # so that every unmount tool runs
+    tools.behave("fusermount", exit=1)
     with trio.fail_after(LIMIT):
-        await storage.mount(
-            host_port=PORT,
-            container_id=CONTAINER_ID,
-            provider="google_drive",
-            token=TOKEN,
-            client_id=None,
-            client_secret=None,
-        )
-        tools.behave("fusermount3", exit=1)  # so that every unmount tool runs
-        tools.behave("fusermount", exit=1)
         await storage.unmount_container(PORT)
 
     roles = [call["role"] for call in tools.calls()]

@@ -20,22 +20,28 @@ from pathlib import Path
 import pytest
 import trio
 
-from fractal_hostd import child_process, rclone_mount
-from fractal_hostd.cloud_storage import CloudStorage, MountFailed, OAuthToken
+from fractal_hostd.cloud_storage import rclone_mount
+from fractal_hostd.cloud_storage.mounts import CloudStorage, MountFailed, OAuthToken
+from fractal_hostd.process import child_process
 from tests.cloud_storage_fixtures import (
     ACCESS_TOKEN,
     CLIENT_ID,
     CLIENT_SECRET,
     CONTAINER_ID,
+    LIMIT,
     OTHER_CONTAINER_ID,
+    PORT,
     REFRESH_TOKEN,
     TOKEN,
     FakeTools,
     assert_no_secret,
+    config_dir,
+    mount,
+    root,
+    tools,
 )
 
-PORT = 32768
-LIMIT = 20  # absolute bound of every test
+__all__ = ["config_dir", "root", "tools"]  # fixtures
 
 
 @pytest.fixture(autouse=True)
@@ -47,21 +53,6 @@ def no_secret_in_logs(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
 
 
 @pytest.fixture
-def tools(tmp_path: Path) -> FakeTools:
-    return FakeTools(tmp_path / "tools")
-
-
-@pytest.fixture
-def root(tmp_path: Path) -> Path:
-    return tmp_path / "fractal"
-
-
-@pytest.fixture
-def config_dir(tmp_path: Path) -> Path:
-    return tmp_path / "private" / "rclone"
-
-
-@pytest.fixture
 def cache_dir(tmp_path: Path) -> Path:
     return tmp_path / "rclone-cache"  # where FakeTools.storage puts it
 
@@ -69,27 +60,6 @@ def cache_dir(tmp_path: Path) -> Path:
 @pytest.fixture
 def storage(tools: FakeTools, root: Path, config_dir: Path) -> CloudStorage:
     return tools.storage(root, config_dir)
-
-
-async def mount(
-    storage: CloudStorage,
-    provider: str = "google_drive",
-    *,
-    host_port: int = PORT,
-    container_id: str = CONTAINER_ID,
-    token: OAuthToken = TOKEN,
-    client_id: str | None = CLIENT_ID,
-    client_secret: str | None = CLIENT_SECRET,
-) -> Path:
-    with trio.fail_after(LIMIT):
-        return await storage.mount(
-            host_port=host_port,
-            container_id=container_id,
-            provider=provider,
-            token=token,
-            client_id=client_id,
-            client_secret=client_secret,
-        )
 
 
 def config_values(text: str) -> dict[str, str]:
@@ -752,6 +722,9 @@ async def test_health_checks_of_a_hung_mount_cannot_use_up_the_process_threads(
         assert default_limiter.borrowed_tokens == 0
     finally:
         release.set()
-        health_limiter = rclone_mount._health_check_limiter.get(None)
+        try:
+            health_limiter: trio.CapacityLimiter | None = rclone_mount._health_check_limiter.get()
+        except LookupError:
+            health_limiter = None
         while health_limiter is not None and health_limiter.borrowed_tokens:
             await trio.sleep(0.01)  # the hung threads end and hand back their tokens

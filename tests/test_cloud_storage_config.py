@@ -12,9 +12,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fractal_hostd.cloud_storage_check import check_allow_other, check_prerequisites
-from fractal_hostd.mountinfo import MountEntry, is_mounted, mounts_under, parse_mountinfo
-from fractal_hostd.rclone_config import (
+from fractal_hostd.cloud_storage.check import check_allow_other, check_prerequisites
+from fractal_hostd.cloud_storage.mountinfo import (
+    MountEntry,
+    is_mounted,
+    mounts_under,
+    parse_mountinfo,
+)
+from fractal_hostd.cloud_storage.rclone_config import (
     Backend,
     InvalidSetting,
     OAuthToken,

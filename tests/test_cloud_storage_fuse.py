@@ -21,25 +21,29 @@ from pathlib import Path
 import pytest
 import trio
 
-from fractal_hostd.cloud_storage import (
+from fractal_hostd.cloud_storage.mountinfo import is_mounted, mounts_under, read_mounts
+from fractal_hostd.cloud_storage.mounts import (
     Backend,
     CloudStorage,
     MountFailed,
     MountOptions,
     check_prerequisites,
 )
-from fractal_hostd.mountinfo import is_mounted, mounts_under, read_mounts
-from fractal_hostd.rclone_mount import mount_answers
+from fractal_hostd.cloud_storage.rclone_mount import mount_answers
 from tests.cloud_storage_fixtures import (
     CLIENT_ID,
     CLIENT_SECRET,
     CONTAINER_ID,
+    PORT,
     TOKEN,
     assert_no_secret,
+    config_dir,
+    root,
 )
 
-PORT = 32768
-LIMIT = 30
+__all__ = ["config_dir", "root"]  # fixtures
+
+LIMIT = 30  # real FUSE mounts take longer than the fakes
 
 
 def fuse_unusable() -> str | None:
@@ -58,16 +62,6 @@ def backend_dir(tmp_path: Path) -> Path:
     path = tmp_path / "backend"
     path.mkdir()
     return path
-
-
-@pytest.fixture
-def root(tmp_path: Path) -> Path:
-    return tmp_path / "fractal"
-
-
-@pytest.fixture
-def config_dir(tmp_path: Path) -> Path:
-    return tmp_path / "private" / "rclone"
 
 
 def local_storage(root: Path, config_dir: Path, backend_dir: Path) -> CloudStorage:

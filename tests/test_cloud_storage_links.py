@@ -13,11 +13,18 @@ from pathlib import Path
 import pytest
 import trio
 
-from fractal_hostd.cloud_storage import CloudStorage, MountFailed
-from tests.cloud_storage_fixtures import CONTAINER_ID, TOKEN, FakeTools
+from fractal_hostd.cloud_storage.mounts import CloudStorage, MountFailed
+from tests.cloud_storage_fixtures import (
+    LIMIT,
+    PORT,
+    FakeTools,
+    mount,
+    root,
+    tools,
+)
 
-PORT = 32768
-LIMIT = 20
+__all__ = ["root", "tools"]  # fixtures
+
 
 # Where the link is planted (below the root), and what its target holds so that following
 # it would find the rest of the path there.
@@ -30,16 +37,6 @@ PLANTS = {
 
 def tree(directory: Path) -> list[str]:
     return sorted(str(p.relative_to(directory)) for p in directory.rglob("*"))
-
-
-@pytest.fixture
-def tools(tmp_path: Path) -> FakeTools:
-    return FakeTools(tmp_path / "tools")
-
-
-@pytest.fixture
-def root(tmp_path: Path) -> Path:
-    return tmp_path / "fractal"
 
 
 @pytest.fixture
@@ -66,15 +63,7 @@ async def test_no_mount_through_a_planted_link(
     before, mounted_before = tree(target), tools.mounted()
 
     with pytest.raises(MountFailed, match="is a symbolic link or not a directory"):
-        with trio.fail_after(LIMIT):
-            await storage.mount(
-                host_port=PORT,
-                container_id=CONTAINER_ID,
-                provider="google_drive",
-                token=TOKEN,
-                client_id=None,
-                client_secret=None,
-            )
+        await mount(storage, client_id=None, client_secret=None)
 
     assert tools.calls("rclone") == []
     assert tools.mounted() == mounted_before
@@ -104,14 +93,6 @@ async def test_a_file_in_place_of_the_port_dir_is_refused(
     (root / "cloudStorage" / str(PORT)).write_text("a file")
 
     with pytest.raises(MountFailed, match="is a symbolic link or not a directory"):
-        with trio.fail_after(LIMIT):
-            await storage.mount(
-                host_port=PORT,
-                container_id=CONTAINER_ID,
-                provider="google_drive",
-                token=TOKEN,
-                client_id=None,
-                client_secret=None,
-            )
+        await mount(storage, client_id=None, client_secret=None)
     assert tools.calls("rclone") == []
     assert (root / "cloudStorage" / str(PORT)).read_text() == "a file"

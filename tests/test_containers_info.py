@@ -32,7 +32,6 @@ def test_managed_running_container() -> None:
     }
     info = ContainerInfo.from_inspect(inspect_json(ports=ports))
     assert info == ContainerInfo(id=CID, host_port=40001, running=True)
-    assert info.managed
 
 
 def test_falls_back_to_port_bindings_when_not_running() -> None:
@@ -82,7 +81,6 @@ def test_unusable_id_is_never_managed(cid: Any) -> None:
         inspect_json(cid=cid, ports={"32262/tcp": [{"HostPort": "40000"}]})
     )
     assert info.host_port is None
-    assert not info.managed
 
 
 def test_uppercase_id_is_normalised() -> None:

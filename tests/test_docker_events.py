@@ -114,17 +114,68 @@ async def wait_for(predicate: Callable[[], bool], step: float = 0.005) -> None:
         await trio.sleep(step)
 
 
+@asynccontextmanager
+async def streaming(
+    client: DockerClient,
+    lifecycle: RecordingLifecycle,
+    *,
+    bound: float = 10.0,
+    unreachable_budget: float = 120.0,
+    reconcile_interval: float = 300.0,
+    fanout: EventFanout | None = None,
+) -> AsyncIterator[DockerStatus]:
+    """The event stream running for the block, all of it within `bound` seconds (the I/O
+    tests' absolute bound; virtual seconds under the autojump clock); yields its status."""
+    status = DockerStatus()
+    with trio.fail_after(bound):
+        async with event_stream(
+            client,
+            lifecycle,
+            status,
+            unreachable_budget=unreachable_budget,
+            reconcile_interval=reconcile_interval,
+            fanout=fanout,
+        ):
+            yield status
+
+
+@asynccontextmanager
+async def streaming_until_fatal(
+    client: DockerClient, lifecycle: RecordingLifecycle, *, unreachable_budget: float
+) -> AsyncIterator[DockerStatus]:
+    """`streaming` under the autojump clock, which must end in DockerUnreachableFatal within
+    1000 virtual seconds; yields its status."""
+    with pytest.RaisesGroup(DockerUnreachableFatal, flatten_subgroups=True):
+        async with streaming(
+            client, lifecycle, unreachable_budget=unreachable_budget, bound=1000
+        ) as status:
+            yield status
+
+
+async def run_managed(
+    fake_docker: FakeDockerEngine, lifecycle: RecordingLifecycle, name: str
+) -> str:
+    """Start a managed container and wait until the stream gave it a TTY; its id."""
+    container = fake_docker.run(name)
+    await wait_for(lambda: lifecycle.tty(container) is not None)
+    return container
+
+
+async def lose_the_stream(fake_docker: FakeDockerEngine, status: DockerStatus) -> None:
+    """The engine stops listening; wait until the stream knows it is disconnected."""
+    await fake_docker.stop_listening()
+    await wait_for(lambda: not status.connected)
+
+
 async def test_subscribes_before_listing_then_adopts_running_containers(
     fake_docker: FakeDockerEngine, fake_client: DockerClient, lifecycle: RecordingLifecycle
 ) -> None:
     managed = fake_docker.run("fhtest-managed")
     unmanaged = fake_docker.run("fhtest-plain", publish=False)
-    status = DockerStatus()
-    with trio.fail_after(10):
-        async with event_stream(fake_client, lifecycle, status):
-            assert status.connected
-            assert lifecycle.registry.get(managed) is not None
-            assert lifecycle.registry.get(unmanaged) is None
+    async with streaming(fake_client, lifecycle) as status:
+        assert status.connected
+        assert lifecycle.registry.get(managed) is not None
+        assert lifecycle.registry.get(unmanaged) is None
     requests = fake_docker.requests
     assert requests.index("GET /events") < requests.index("GET /containers/json")
     assert lifecycle.calls[0][0] == "adopt"
@@ -135,20 +186,17 @@ async def test_subscribes_before_listing_then_adopts_running_containers(
 async def test_start_and_die_events_write_and_remove_the_files(
     fake_docker: FakeDockerEngine, fake_client: DockerClient, lifecycle: RecordingLifecycle
 ) -> None:
-    status = DockerStatus()
-    with trio.fail_after(10):
-        async with event_stream(fake_client, lifecycle, status):
-            first = fake_docker.run("fhtest-1")
-            second = fake_docker.run("fhtest-2")
-            await wait_for(lambda: lifecycle.tty(second) is not None)
-            assert (lifecycle.tty(first), lifecycle.tty(second)) == ("10", "11")
-            port = (lifecycle.mappings / first / "hostPort_for_my_32262_tcp").read_text()
-            assert port == fake_docker.containers[first].ports["32262/tcp"][0]["HostPort"]
-            fake_docker.kill(first)
-            await wait_for(lambda: not (lifecycle.mappings / first).exists())
-            fake_docker.remove(second)
-            await wait_for(lambda: not (lifecycle.mappings / second).exists())
-            await wait_for(lambda: status.events_processed == 5)  # start x2, die x2, destroy
+    async with streaming(fake_client, lifecycle) as status:
+        first = fake_docker.run("fhtest-1")
+        second = await run_managed(fake_docker, lifecycle, "fhtest-2")
+        assert (lifecycle.tty(first), lifecycle.tty(second)) == ("10", "11")
+        port = (lifecycle.mappings / first / "hostPort_for_my_32262_tcp").read_text()
+        assert port == fake_docker.containers[first].ports["32262/tcp"][0]["HostPort"]
+        fake_docker.kill(first)
+        await wait_for(lambda: not (lifecycle.mappings / first).exists())
+        fake_docker.remove(second)
+        await wait_for(lambda: not (lifecycle.mappings / second).exists())
+        await wait_for(lambda: status.events_processed == 5)  # start x2, die x2, destroy
     assert lifecycle.registry.records() == []
     assert lifecycle.registry.free_ttys == 54
 
@@ -156,46 +204,38 @@ async def test_start_and_die_events_write_and_remove_the_files(
 async def test_a_start_event_for_a_container_already_removed_is_gone(
     fake_docker: FakeDockerEngine, fake_client: DockerClient, lifecycle: RecordingLifecycle
 ) -> None:
-    status = DockerStatus()
-    with trio.fail_after(10):
-        async with event_stream(fake_client, lifecycle, status):
-            fake_docker.emit("start", "d" * 64)  # inspect answers 404
-            await wait_for(lambda: status.events_processed == 1)
+    async with streaming(fake_client, lifecycle) as status:
+        fake_docker.emit("start", "d" * 64)  # inspect answers 404
+        await wait_for(lambda: status.events_processed == 1)
     assert lifecycle.calls[-1] == ("gone", "d" * 64)
 
 
 async def test_container_started_while_the_stream_was_down_is_handled_after_reconnect(
     fake_docker: FakeDockerEngine, fake_client: DockerClient, lifecycle: RecordingLifecycle
 ) -> None:
-    status = DockerStatus()
-    with trio.fail_after(10):
-        async with event_stream(fake_client, lifecycle, status):
-            before = fake_docker.run("fhtest-before")
-            await wait_for(lambda: lifecycle.tty(before) is not None)
-            await fake_docker.stop_listening()
-            await wait_for(lambda: not status.connected)
-            during = fake_docker.run("fhtest-during")
-            fake_docker.kill(before)
-            await fake_docker.start_listening()
-            await wait_for(lambda: status.connected and lifecycle.tty(during) is not None)
-            await wait_for(lambda: not (lifecycle.mappings / before).exists())
-            assert status.reconnects == 1
+    async with streaming(fake_client, lifecycle) as status:
+        before = await run_managed(fake_docker, lifecycle, "fhtest-before")
+        await lose_the_stream(fake_docker, status)
+        during = fake_docker.run("fhtest-during")
+        fake_docker.kill(before)
+        await fake_docker.start_listening()
+        await wait_for(lambda: status.connected and lifecycle.tty(during) is not None)
+        await wait_for(lambda: not (lifecycle.mappings / before).exists())
+        assert status.reconnects == 1
     assert lifecycle.tty(during) == "10"  # the TTY freed by `before` is reused
 
 
 async def test_since_replay_duplicates_are_dropped(
     fake_docker: FakeDockerEngine, fake_client: DockerClient, lifecycle: RecordingLifecycle
 ) -> None:
-    status = DockerStatus()
-    with trio.fail_after(10):
-        async with event_stream(fake_client, lifecycle, status):
-            container = fake_docker.run("fhtest-dup")
-            await wait_for(lambda: status.events_processed == 1)
-            fake_docker.drop_streams()  # resume with since=<that start's timeNano>: replayed
-            await wait_for(lambda: status.reconnects == 1)
-            fake_docker.kill(container)
-            await wait_for(lambda: status.events_processed == 2)
-            await trio.sleep(0.05)
+    async with streaming(fake_client, lifecycle) as status:
+        container = fake_docker.run("fhtest-dup")
+        await wait_for(lambda: status.events_processed == 1)
+        fake_docker.drop_streams()  # resume with since=<that start's timeNano>: replayed
+        await wait_for(lambda: status.reconnects == 1)
+        fake_docker.kill(container)
+        await wait_for(lambda: status.events_processed == 2)
+        await trio.sleep(0.05)
     assert status.events_processed == 2
     assert [c for c in lifecycle.calls if c[0] in ("running", "gone")] == [
         ("running", container),
@@ -218,21 +258,28 @@ def _published(channel: trio.MemoryReceiveChannel[dict[str, Any]]) -> Callable[[
     return so_far
 
 
+@asynccontextmanager
+async def streaming_published(
+    client: DockerClient, lifecycle: RecordingLifecycle
+) -> AsyncIterator[tuple[DockerStatus, Callable[[], list[str]]]]:
+    """`streaming`, with a subscriber of every event it publishes: (status, published)."""
+    fanout = EventFanout()
+    with fanout.subscribe("test", lambda event: True) as channel:
+        async with streaming(client, lifecycle, fanout=fanout) as status:
+            yield status, _published(channel)
+
+
 async def test_each_handled_event_is_published_once_despite_the_replay(
     fake_docker: FakeDockerEngine, fake_client: DockerClient, lifecycle: RecordingLifecycle
 ) -> None:
-    fanout = EventFanout()
-    status = DockerStatus()
-    with trio.fail_after(10), fanout.subscribe("test", lambda event: True) as channel:
-        published = _published(channel)
-        async with event_stream(fake_client, lifecycle, status, fanout=fanout):
-            container = fake_docker.run("fhtest-published")
-            await wait_for(lambda: published() == [f"start {container}"])
-            fake_docker.drop_streams()  # the replay (since that start) repeats it
-            await wait_for(lambda: status.reconnects == 1)
-            fake_docker.kill(container)
-            await wait_for(lambda: len(published()) == 2)
-            await trio.sleep(0.05)
+    async with streaming_published(fake_client, lifecycle) as (status, published):
+        container = fake_docker.run("fhtest-published")
+        await wait_for(lambda: published() == [f"start {container}"])
+        fake_docker.drop_streams()  # the replay (since that start) repeats it
+        await wait_for(lambda: status.reconnects == 1)
+        fake_docker.kill(container)
+        await wait_for(lambda: len(published()) == 2)
+        await trio.sleep(0.05)
         assert published() == [f"start {container}", f"die {container}"]
 
 
@@ -241,49 +288,39 @@ async def test_a_reconnect_before_any_event_replays_since_the_first_subscription
 ) -> None:
     # The reconcile repairs the lifecycle whatever the `since`, but the subscribers have only
     # the events: without a resume point the events of the gap would never reach them.
-    fanout = EventFanout()
-    status = DockerStatus()
-    with trio.fail_after(10), fanout.subscribe("test", lambda event: True) as channel:
-        published = _published(channel)
-        async with event_stream(fake_client, lifecycle, status, fanout=fanout):
-            await fake_docker.stop_listening()
-            await wait_for(lambda: not status.connected)
-            container = fake_docker.run("fhtest-gap", publish=False)
-            fake_docker.kill(container)
-            await fake_docker.start_listening()
-            await wait_for(lambda: len(published()) == 2)
-            assert status.reconnects == 1
+    async with streaming_published(fake_client, lifecycle) as (status, published):
+        await lose_the_stream(fake_docker, status)
+        container = fake_docker.run("fhtest-gap", publish=False)
+        fake_docker.kill(container)
+        await fake_docker.start_listening()
+        await wait_for(lambda: len(published()) == 2)
+        assert status.reconnects == 1
         assert published() == [f"start {container}", f"die {container}"]
 
 
 async def test_events_missed_while_silent_come_back_by_replay_after_a_drop(
     fake_docker: FakeDockerEngine, fake_client: DockerClient, lifecycle: RecordingLifecycle
 ) -> None:
-    status = DockerStatus()
-    with trio.fail_after(10):
-        async with event_stream(fake_client, lifecycle, status):
-            fake_docker.emit("die", "e" * 64)
-            await wait_for(lambda: status.events_processed == 1)
-            fake_docker.silent = True
-            container = fake_docker.run("fhtest-silent")
-            fake_docker.silent = False
-            fake_docker.drop_streams()
-            await wait_for(lambda: lifecycle.tty(container) is not None)
+    async with streaming(fake_client, lifecycle) as status:
+        fake_docker.emit("die", "e" * 64)
+        await wait_for(lambda: status.events_processed == 1)
+        fake_docker.silent = True
+        container = fake_docker.run("fhtest-silent")
+        fake_docker.silent = False
+        fake_docker.drop_streams()
+        await wait_for(lambda: lifecycle.tty(container) is not None)
 
 
 async def test_stale_die_of_a_restarted_container_keeps_its_tty(
     fake_docker: FakeDockerEngine, fake_client: DockerClient, lifecycle: RecordingLifecycle
 ) -> None:
-    status = DockerStatus()
-    with trio.fail_after(10):
-        async with event_stream(fake_client, lifecycle, status):
-            container = fake_docker.run("fhtest-restart")
-            await wait_for(lambda: lifecycle.tty(container) is not None)
-            await fake_docker.stop_listening()
-            fake_docker.kill(container)  # die + start happen while we are away:
-            fake_docker.start(container)  # the replay brings a die older than the listing
-            await fake_docker.start_listening()
-            await wait_for(lambda: status.reconnects == 1 and status.events_processed >= 3)
+    async with streaming(fake_client, lifecycle) as status:
+        container = await run_managed(fake_docker, lifecycle, "fhtest-restart")
+        await fake_docker.stop_listening()
+        fake_docker.kill(container)  # die + start happen while we are away:
+        fake_docker.start(container)  # the replay brings a die older than the listing
+        await fake_docker.start_listening()
+        await wait_for(lambda: status.reconnects == 1 and status.events_processed >= 3)
     assert ("gone", container) not in lifecycle.calls
     assert lifecycle.tty(container) == "10"
 
@@ -291,16 +328,13 @@ async def test_stale_die_of_a_restarted_container_keeps_its_tty(
 async def test_one_failing_event_does_not_end_the_stream(
     fake_docker: FakeDockerEngine, fake_client: DockerClient, lifecycle: RecordingLifecycle
 ) -> None:
-    status = DockerStatus()
-    with trio.fail_after(10):
-        async with event_stream(fake_client, lifecycle, status):
-            bad = fake_docker.create("fhtest-bad")
-            lifecycle.fail_ids.add(bad)
-            fake_docker.start(bad)
-            good = fake_docker.run("fhtest-good")
-            await wait_for(lambda: lifecycle.tty(good) is not None)
-            assert status.connected
-            assert status.reconnects == 0
+    async with streaming(fake_client, lifecycle) as status:
+        bad = fake_docker.create("fhtest-bad")
+        lifecycle.fail_ids.add(bad)
+        fake_docker.start(bad)
+        await run_managed(fake_docker, lifecycle, "fhtest-good")
+        assert status.connected
+        assert status.reconnects == 0
 
 
 async def test_an_inspect_error_for_one_start_is_retried_by_a_reconcile_soon(
@@ -309,18 +343,16 @@ async def test_an_inspect_error_for_one_start_is_retried_by_a_reconcile_soon(
     lifecycle: RecordingLifecycle,
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    status = DockerStatus()
-    with trio.fail_after(60):
-        async with event_stream(fake_client, lifecycle, status):
-            container = fake_docker.create("fhtest-inspect-error")
-            fake_docker.fail_inspect(container, 500, times=1)
-            fake_docker.start(container)
-            started = trio.current_time()
-            await wait_for(lambda: lifecycle.tty(container) is not None, step=0.1)
-            # Not a reconnect, not the periodic reconcile 300 s on: the one brought forward.
-            assert trio.current_time() - started == pytest.approx(RETRY, abs=0.2)
-            assert status.connected
-            assert status.reconnects == 0
+    async with streaming(fake_client, lifecycle, bound=60) as status:
+        container = fake_docker.create("fhtest-inspect-error")
+        fake_docker.fail_inspect(container, 500, times=1)
+        fake_docker.start(container)
+        started = trio.current_time()
+        await wait_for(lambda: lifecycle.tty(container) is not None, step=0.1)
+        # Not a reconnect, not the periodic reconcile 300 s on: the one brought forward.
+        assert trio.current_time() - started == pytest.approx(RETRY, abs=0.2)
+        assert status.connected
+        assert status.reconnects == 0
     assert lifecycle.calls[-1] == ("reconciled", container)
 
 
@@ -336,21 +368,19 @@ async def test_one_containers_failing_inspect_never_makes_docker_unreachable(
     broken = fake_docker.run("fhtest-broken")
     fake_docker.fail_inspect(broken, 500)
     fine = fake_docker.run("fhtest-fine")
-    status = DockerStatus()
-    with trio.fail_after(1000):
-        async with event_stream(fake_client, lifecycle, status, unreachable_budget=60.0):
-            assert {lifecycle.tty(broken), lifecycle.tty(fine)} == {"10", "11"}
-            broken_tty = lifecycle.tty(broken)
-            conflicted = fake_docker.create("fhtest-conflict")
-            fake_docker.fail_inspect(conflicted, 409)
-            fake_docker.start(conflicted)
-            await trio.sleep(700)  # two periodic reconciles, ten budgets
-            assert status.connected
-            assert status.reconnects == 0
-            assert lifecycle.tty(conflicted) == "12"  # judged by its listing entry
-            assert lifecycle.tty(broken) == broken_tty
-            port = (lifecycle.mappings / conflicted / "hostPort_for_my_32262_tcp").read_text()
-            assert port == fake_docker.containers[conflicted].ports["32262/tcp"][0]["HostPort"]
+    async with streaming(fake_client, lifecycle, unreachable_budget=60.0, bound=1000) as status:
+        assert {lifecycle.tty(broken), lifecycle.tty(fine)} == {"10", "11"}
+        broken_tty = lifecycle.tty(broken)
+        conflicted = fake_docker.create("fhtest-conflict")
+        fake_docker.fail_inspect(conflicted, 409)
+        fake_docker.start(conflicted)
+        await trio.sleep(700)  # two periodic reconciles, ten budgets
+        assert status.connected
+        assert status.reconnects == 0
+        assert lifecycle.tty(conflicted) == "12"  # judged by its listing entry
+        assert lifecycle.tty(broken) == broken_tty
+        port = (lifecycle.mappings / conflicted / "hostPort_for_my_32262_tcp").read_text()
+        assert port == fake_docker.containers[conflicted].ports["32262/tcp"][0]["HostPort"]
 
 
 async def test_listing_errors_at_start_up_are_retried_before_started(
@@ -361,11 +391,9 @@ async def test_listing_errors_at_start_up_are_retried_before_started(
 ) -> None:
     fake_docker.fail(r"GET /containers/json", 500, times=3)
     container = fake_docker.run("fhtest-retry")
-    status = DockerStatus()
-    with trio.fail_after(60):
-        async with event_stream(fake_client, lifecycle, status):
-            assert lifecycle.tty(container) == "10"
-            assert status.reconnects == 0  # never connected before: not a reconnect
+    async with streaming(fake_client, lifecycle, bound=60) as status:
+        assert lifecycle.tty(container) == "10"
+        assert status.reconnects == 0  # never connected before: not a reconnect
     assert fake_docker.requests.count("GET /containers/json") == 4
     assert [c[0] for c in lifecycle.calls] == ["adopt"]
 
@@ -385,11 +413,9 @@ async def test_a_container_gone_between_list_and_inspect_is_left_out(
 async def test_a_burst_is_processed_without_losing_events(
     fake_docker: FakeDockerEngine, fake_client: DockerClient, lifecycle: RecordingLifecycle
 ) -> None:
-    status = DockerStatus()
-    with trio.fail_after(20):
-        async with event_stream(fake_client, lifecycle, status):
-            await fake_docker.burst(2000)
-            await wait_for(lambda: status.events_processed == 2000)
+    async with streaming(fake_client, lifecycle, bound=20) as status:
+        await fake_docker.burst(2000)
+        await wait_for(lambda: status.events_processed == 2000)
     assert fake_docker.dropped_events == 0
 
 
@@ -399,14 +425,12 @@ async def test_periodic_reconcile_catches_what_a_silent_stream_missed(
     lifecycle: RecordingLifecycle,
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    status = DockerStatus()
-    with trio.fail_after(400):
-        async with event_stream(fake_client, lifecycle, status, reconcile_interval=300.0):
-            fake_docker.silent = True
-            container = fake_docker.run("fhtest-periodic")
-            start = trio.current_time()
-            await wait_for(lambda: lifecycle.tty(container) is not None, step=1.0)
-            assert 270 <= trio.current_time() - start <= 332
+    async with streaming(fake_client, lifecycle, reconcile_interval=300.0, bound=400):
+        fake_docker.silent = True
+        container = fake_docker.run("fhtest-periodic")
+        start = trio.current_time()
+        await wait_for(lambda: lifecycle.tty(container) is not None, step=1.0)
+        assert 270 <= trio.current_time() - start <= 332
 
 
 async def test_unreachable_beyond_the_budget_is_fatal(
@@ -415,16 +439,14 @@ async def test_unreachable_beyond_the_budget_is_fatal(
     lifecycle: RecordingLifecycle,
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    status = DockerStatus()
-    with trio.fail_after(1000), pytest.RaisesGroup(DockerUnreachableFatal, flatten_subgroups=True):
-        async with event_stream(fake_client, lifecycle, status, unreachable_budget=120.0):
-            await fake_docker.stop_listening()
-            await trio.sleep(90)  # down for 90 s, then back: the budget starts again
-            await fake_docker.start_listening()
-            await wait_for(lambda: status.connected)
-            await fake_docker.stop_listening()
-            lost_at = trio.current_time()
-            await trio.sleep(1000)
+    async with streaming_until_fatal(fake_client, lifecycle, unreachable_budget=120.0) as status:
+        await fake_docker.stop_listening()
+        await trio.sleep(90)  # down for 90 s, then back: the budget starts again
+        await fake_docker.start_listening()
+        await wait_for(lambda: status.connected)
+        await fake_docker.stop_listening()
+        lost_at = trio.current_time()
+        await trio.sleep(1000)
     assert not status.connected
     assert 120 <= trio.current_time() - lost_at <= 121
 
@@ -435,11 +457,9 @@ async def test_a_wedged_dockerd_is_noticed_by_the_periodic_reconcile_and_is_fata
     lifecycle: RecordingLifecycle,
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    status = DockerStatus()
-    with trio.fail_after(1000), pytest.RaisesGroup(DockerUnreachableFatal, flatten_subgroups=True):
-        async with event_stream(fake_client, lifecycle, status, unreachable_budget=60.0):
-            fake_docker.hang = True  # the open stream stays up but silent; nothing answers
-            await trio.sleep(1000)
+    async with streaming_until_fatal(fake_client, lifecycle, unreachable_budget=60.0) as status:
+        fake_docker.hang = True  # the open stream stays up but silent; nothing answers
+        await trio.sleep(1000)
     assert not status.connected
     # Lost at the reconcile (300 s ± 30 s, then its 10 s timeout), fatal 60 s later.
     assert 270 + 10 + 60 <= trio.current_time() <= 330 + 10 + 60 + 1
@@ -548,29 +568,25 @@ async def test_a_paused_container_keeps_its_tty_and_files_across_reconciles(
 ) -> None:
     # Contract §2: paused is live. Docker's listing filtered on status=running leaves a
     # paused container out; a reconcile built on it took the container for gone.
-    status = DockerStatus()
-    with trio.fail_after(10):
-        async with event_stream(fake_client, lifecycle, status):
-            paused = fake_docker.run("fhtest-paused")
-            await wait_for(lambda: lifecycle.tty(paused) is not None)
-            record = lifecycle.registry.get(paused)
-            assert record is not None
-            await lifecycle.inner.set_start_values(record.host_port, dpi=144)
-            before = files(lifecycle, paused)
-            assert before["tty"] == "10"
-            assert before[".ready"] == ".ready"
-            fake_docker.pause(paused)
-            fake_docker.drop_streams()  # the reconnect reconciles with the paused container
-            await wait_for(lambda: status.reconnects == 1)
-            other = fake_docker.run("fhtest-other")
-            await wait_for(lambda: lifecycle.tty(other) is not None)
-            assert lifecycle.tty(other) == "11"  # the paused container's TTY is not free
-            assert files(lifecycle, paused) == before
-            fake_docker.unpause(paused)
-            fake_docker.drop_streams()
-            await wait_for(lambda: status.reconnects == 2)
-            assert files(lifecycle, paused) == before
-            assert [r.tty for r in lifecycle.registry.records() if r.id == paused] == [10]
+    async with streaming(fake_client, lifecycle) as status:
+        paused = await run_managed(fake_docker, lifecycle, "fhtest-paused")
+        record = lifecycle.registry.get(paused)
+        assert record is not None
+        await lifecycle.inner.set_start_values(record.host_port, dpi=144)
+        before = files(lifecycle, paused)
+        assert before["tty"] == "10"
+        assert before[".ready"] == ".ready"
+        fake_docker.pause(paused)
+        fake_docker.drop_streams()  # the reconnect reconciles with the paused container
+        await wait_for(lambda: status.reconnects == 1)
+        other = await run_managed(fake_docker, lifecycle, "fhtest-other")
+        assert lifecycle.tty(other) == "11"  # the paused container's TTY is not free
+        assert files(lifecycle, paused) == before
+        fake_docker.unpause(paused)
+        fake_docker.drop_streams()
+        await wait_for(lambda: status.reconnects == 2)
+        assert files(lifecycle, paused) == before
+        assert [r.tty for r in lifecycle.registry.records() if r.id == paused] == [10]
     assert ("gone", paused) not in lifecycle.calls
 
 
@@ -614,20 +630,18 @@ def reconciles(lifecycle: RecordingLifecycle) -> list[str]:
 async def test_an_event_cut_short_by_a_lost_dockerd_is_replayed(
     fake_docker: FakeDockerEngine, fake_client: DockerClient, lifecycle: RecordingLifecycle
 ) -> None:
-    status = DockerStatus()
-    with trio.fail_after(10):
-        async with event_stream(fake_client, lifecycle, status):
-            first = fake_docker.run("fhtest-first")  # gives the cursor a resume point
-            await wait_for(lambda: lifecycle.tty(first) is not None)
-            second = fake_docker.create("fhtest-second")
-            # dockerd is lost while the start is being handled (its inspect gets no answer)...
-            fake_docker.cut(rf"^GET /containers/{second}/json$", times=1)
-            # ...and the reconnect's listing fails: only the replayed start can bring it back.
-            fake_docker.fail(r"^GET /containers/json$", 500, times=1)
-            fake_docker.start(second)
-            await wait_for(lambda: lifecycle.tty(second) is not None)
-            assert status.reconnects == 1
-            assert status.connected
+    async with streaming(fake_client, lifecycle) as status:
+        first = fake_docker.run("fhtest-first")  # gives the cursor a resume point
+        await wait_for(lambda: lifecycle.tty(first) is not None)
+        second = fake_docker.create("fhtest-second")
+        # dockerd is lost while the start is being handled (its inspect gets no answer)...
+        fake_docker.cut(rf"^GET /containers/{second}/json$", times=1)
+        # ...and the reconnect's listing fails: only the replayed start can bring it back.
+        fake_docker.fail(r"^GET /containers/json$", 500, times=1)
+        fake_docker.start(second)
+        await wait_for(lambda: lifecycle.tty(second) is not None)
+        assert status.reconnects == 1
+        assert status.connected
     # Handled by the replay: the start was not recorded as handled before it was.
     assert reconciles(lifecycle) == ["adopt"]
     assert lifecycle.calls.count(("running", second)) == 1
@@ -636,18 +650,14 @@ async def test_an_event_cut_short_by_a_lost_dockerd_is_replayed(
 async def test_a_die_while_disconnected_is_replayed_when_the_listing_fails(
     fake_docker: FakeDockerEngine, fake_client: DockerClient, lifecycle: RecordingLifecycle
 ) -> None:
-    status = DockerStatus()
-    with trio.fail_after(10):
-        async with event_stream(fake_client, lifecycle, status):
-            gone = fake_docker.run("fhtest-gone")
-            await wait_for(lambda: lifecycle.tty(gone) is not None)
-            await fake_docker.stop_listening()
-            await wait_for(lambda: not status.connected)
-            fake_docker.remove(gone)  # kill, die, destroy while we are away
-            fake_docker.fail(r"^GET /containers/json$", 500, times=1)
-            await fake_docker.start_listening()
-            await wait_for(lambda: not (lifecycle.mappings / gone).exists())
-            assert status.reconnects == 1
+    async with streaming(fake_client, lifecycle) as status:
+        gone = await run_managed(fake_docker, lifecycle, "fhtest-gone")
+        await lose_the_stream(fake_docker, status)
+        fake_docker.remove(gone)  # kill, die, destroy while we are away
+        fake_docker.fail(r"^GET /containers/json$", 500, times=1)
+        await fake_docker.start_listening()
+        await wait_for(lambda: not (lifecycle.mappings / gone).exists())
+        assert status.reconnects == 1
     assert reconciles(lifecycle) == ["adopt"]
     assert lifecycle.registry.free_ttys == 54
 
@@ -666,8 +676,7 @@ async def test_the_periodic_reconcile_does_not_hold_new_events(
 ) -> None:
     with trio.fail_after(400):
         async with event_stream(fake_client, lifecycle, DockerStatus()):
-            first = fake_docker.run("fhtest-first")
-            await wait_for(lambda: lifecycle.tty(first) is not None)
+            first = await run_managed(fake_docker, lifecycle, "fhtest-first")
             gate = fake_docker.hold(r"^GET /containers/json$")  # the listing comes back late
             await wait_for(lambda: fake_docker.requests.count("GET /containers/json") == 2, 1.0)
             # The periodic reconcile waits for its listing; a start meanwhile is handled now.
@@ -756,13 +765,11 @@ async def test_one_containers_hanging_inspect_is_not_docker_unreachable(
     # counts toward the budget; this one is the container's problem.
     stuck = fake_docker.create("fhtest-stuck")
     fake_docker.hold(rf"^GET /containers/{stuck}/json$", times=None)  # never answered
-    status = DockerStatus()
-    with trio.fail_after(1000):
-        async with event_stream(fake_client, lifecycle, status, unreachable_budget=30.0):
-            fake_docker.start(stuck)
-            other = fake_docker.run("fhtest-other")
-            await trio.sleep(200)
-            assert status.connected
-            assert status.reconnects == 0
-            assert lifecycle.tty(other) == "10"  # handled once the stuck start gave up
-            assert lifecycle.tty(stuck) == "11"  # judged by the listing at the reconcile
+    async with streaming(fake_client, lifecycle, unreachable_budget=30.0, bound=1000) as status:
+        fake_docker.start(stuck)
+        other = fake_docker.run("fhtest-other")
+        await trio.sleep(200)
+        assert status.connected
+        assert status.reconnects == 0
+        assert lifecycle.tty(other) == "10"  # handled once the stuck start gave up
+        assert lifecycle.tty(stuck) == "11"  # judged by the listing at the reconcile

@@ -21,20 +21,12 @@ import pytest
 import trio
 import trio.testing
 
-from fractal_hostd.heartbeat import Heartbeats, rfc3339_utc
-from fractal_hostd.hoststate import DrainNotice, HostState, InstanceMetadata
-from fractal_hostd.webserver import WebserverClient
+from fractal_hostd.hoststate import DrainNotice, HostState
+from fractal_hostd.webserver.client import WebserverClient
+from fractal_hostd.webserver.heartbeat import Heartbeats, rfc3339_utc
 from tests.fakes.webserver import running_fake_webserver
+from tests.instance_fixtures import METADATA
 
-METADATA = InstanceMetadata(
-    ami_id="ami-0123",
-    ami_launch_index="0",
-    instance_id="i-0abc",
-    instance_type="g4dn.xlarge",
-    region="us-east-1",
-    availability_zone="us-east-1a",
-    public_ipv4=None,
-)
 TOKEN = "heartbeat-test-token"
 MEMINFO = "MemTotal:       16000000 kB\nMemFree:         8000000 kB\nMemAvailable:   12000000 kB\n"
 

@@ -19,7 +19,7 @@ import trio
 from fractal_hostd.docker.client import DockerClient
 from fractal_hostd.docker.events import run_event_stream
 from fractal_hostd.history import ERRORS_KEPT, GONE_KEPT, PER_CONTAINER, ContainerHistory, ErrorRing
-from fractal_hostd.logs import register_secret
+from fractal_hostd.process.logs import register_secret
 from tests.api_fixtures import AUTH, make_api
 from tests.docker_fixtures import fake_client, fake_docker
 from tests.fakes.docker_engine import FakeDockerEngine

@@ -14,7 +14,7 @@ import pytest
 import trio
 import trio.testing
 
-from fractal_hostd.imds import (
+from fractal_hostd.metadata.imds import (
     LOCAL_METADATA,
     ImdsClient,
     ImdsError,
@@ -234,7 +234,7 @@ def test_token_ttl_is_validated() -> None:
 
 
 async def test_an_unreachable_imds_is_named_in_logs_not_redacted_away() -> None:
-    from fractal_hostd.logs import redact_text
+    from fractal_hostd.process.logs import redact_text
 
     async with ImdsClient("http://127.0.0.1:9") as client:
         with trio.fail_after(10), pytest.raises(MetadataUnavailable) as info:

@@ -15,7 +15,7 @@ import pytest
 
 from fractal_hostd.checks import check_instance
 from fractal_hostd.config import Config
-from fractal_hostd.instance_lock import (
+from fractal_hostd.process.instance_lock import (
     InstanceLocked,
     LockUnavailable,
     acquire,
@@ -107,7 +107,7 @@ def test_running_pid_and_check(tmp_path: Path, lock_dir: Path) -> None:
 _HOLDER = """
 import subprocess, sys, time
 from pathlib import Path
-from fractal_hostd.instance_lock import acquire
+from fractal_hostd.process.instance_lock import acquire
 acquire(Path(sys.argv[1]), Path(sys.argv[2]), lock_dir=Path(sys.argv[3]))
 subprocess.Popen(["sleep", "60"])  # a child, as rclone is: must not inherit the lock
 print("locked", flush=True)

@@ -5,31 +5,16 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Iterator
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fractal_hostd import logs
-from fractal_hostd.logs import FILTERED, redact_text, redact_value
+from fractal_hostd.process import logs
+from fractal_hostd.process.logs import FILTERED, redact_text, redact_value
+from tests.logging_fixtures import restore_logging
 
-
-@pytest.fixture(autouse=True)
-def restore_logging() -> Iterator[None]:
-    """setup_logging changes process-wide state: put it back after each test."""
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    quiet = {name: logging.getLogger(name).level for name in ("httpx", "httpcore")}
-    access_disabled = logging.getLogger("hypercorn.access").disabled
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
-    for name, old in quiet.items():
-        logging.getLogger(name).setLevel(old)
-    logging.getLogger("hypercorn.access").disabled = access_disabled
-    logging.captureWarnings(False)
-    logs.forget_registered_secrets()
+__all__ = ["restore_logging"]  # autouse fixture
 
 
 def json_lines(err: str) -> list[dict[str, object]]:
@@ -157,7 +142,7 @@ def test_redact_text(text: str, expected: str) -> None:
         "container abc seen running on tty 12",
         "auth failed for host port 32768",  # no value follows the word
         "token expired: fetching a new one",
-        "handshake with the webserver done",
+        "handshake with the webserver succeeded",
         "https://127.0.0.1:4678/status",
         "dpi=96 host_port=32768",
     ],

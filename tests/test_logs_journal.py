@@ -17,22 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from fractal_hostd import logs
+from fractal_hostd.process import logs
+from tests.logging_fixtures import restore_logging
 
-
-@pytest.fixture(autouse=True)
-def restore_logging() -> Iterator[None]:
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    quiet = {name: logging.getLogger(name).level for name in ("httpx", "httpcore")}
-    access_disabled = logging.getLogger("hypercorn.access").disabled
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
-    for name, old in quiet.items():
-        logging.getLogger(name).setLevel(old)
-    logging.getLogger("hypercorn.access").disabled = access_disabled
-    logging.captureWarnings(False)
+__all__ = ["restore_logging"]  # autouse fixture
 
 
 @pytest.fixture
@@ -138,12 +126,13 @@ def test_a_configuration_error_reaches_the_journal_as_an_error(
     # Printed before logging is set up: it needs the prefix too, or `journalctl -p err` misses
     # the one line that says why the service does not start.
     from fractal_hostd import cli
+    from fractal_hostd.config import EXIT_CONFIG_ERROR
 
     monkeypatch.setenv("JOURNAL_STREAM", journal_stream_of(stderr_file))
     monkeypatch.setenv("APP_ENV", "localdev")
     monkeypatch.setenv("FRACTAL_HEARTBEAT_INTERVAL", "banana")
     use_as_stderr(monkeypatch)
-    assert cli.main(["check"]) == cli.EXIT_CONFIG_ERROR
+    assert cli.main(["check"]) == EXIT_CONFIG_ERROR
     sys.stderr.flush()
     (line,) = stderr_file.read_text().splitlines()
     assert line.startswith("<3>fractal-hostd: configuration error: ")

@@ -234,3 +234,15 @@ def test_list_mapping_entries(tmp_path: Path) -> None:
         ("junk", "dir"),
         ("link", "link"),
     ]
+
+
+@pytest.mark.parametrize("dpi", [1, 96, 1000])
+def test_dpi_the_api_accepts_is_a_valid_dpi_file(dpi: int) -> None:
+    assert mapping.is_valid_dpi(dpi)
+
+
+@pytest.mark.parametrize("dpi", [0, 1001, 10_000, True, "96"])
+def test_dpi_the_api_refuses_is_garbage_on_disk(dpi: object) -> None:
+    # One range for the API and for adopted DPI files: a file the API could never have
+    # written is repaired, not adopted.
+    assert not mapping.is_valid_dpi(dpi)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from fractal_hostd.meminfo import MemInfo, parse_meminfo, read_meminfo
+from fractal_hostd.process.meminfo import MemInfo, parse_meminfo, read_meminfo
 
 SAMPLE = """MemTotal:       24684084 kB
 MemFree:        24098932 kB

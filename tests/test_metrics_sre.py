@@ -16,27 +16,17 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from fractal_hostd.api.app import _MeasuredMounts
-from fractal_hostd.cloud_storage import MountFailed, OAuthToken
+from fractal_hostd.cloud_storage.mounts import MountFailed, OAuthToken
 from fractal_hostd.history import ContainerHistory
 from fractal_hostd.hoststate import HeartbeatRecord, HostState
 from fractal_hostd.metrics import Metrics
-from tests.api_fixtures import AUTH, Api, FakeCloudStorage, make_api
-
-PORT = 40000
-MOUNT_BODY = {
-    "host_port": PORT,
-    "provider": "dropbox",
-    "access_token": "at",
-    "refresh_token": "rt",
-    "expiry": "2030-01-01T00:00:00Z",
-    "token_type": "bearer",
-}
+from tests.api_fixtures import AUTH, MOUNT_BODY, PORT, Api, FakeCloudStorage, make_api
 
 
 async def _scrape(api: Api) -> str:
     answer = await api.app.test_client().get("/metrics", headers=AUTH)
     assert answer.status_code == 200
-    return (await answer.get_data()).decode()
+    return await answer.get_data(as_text=True)
 
 
 async def _exercised(tmp_path: Path) -> Api:

@@ -5,8 +5,6 @@ are generous `fail_after`s, never speed assertions.
 
 from __future__ import annotations
 
-import os
-import socket
 import ssl
 import subprocess
 import sys
@@ -73,20 +71,3 @@ async def test_operator_drain_through_the_cli_drains_like_a_spot_notice(tmp_path
                 assert await service.wait() == 0
         warnings = [e for e in peers.sentry.events if e.get("level") == "warning"]
         assert any("draining" in str(e) for e in warnings)
-
-
-async def test_api_port_in_use_names_its_holder_without_a_traceback(tmp_path: Path) -> None:
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        port = taken.getsockname()[1]
-        async with running_peers(tmp_path) as peers:
-            env = service_env(tmp_path, peers, FRACTAL_API_BIND=f"127.0.0.1:{port}")
-            async with running_service(tmp_path, env) as service:
-                with trio.fail_after(START_BOUND + EXIT_BOUND):
-                    code = await service.wait()
-    assert code == 1
-    logs = service.logs()
-    assert f"held by pid {os.getpid()} (" in logs
-    assert "stop it or choose another port" in logs
-    assert "Traceback" not in logs

@@ -7,7 +7,7 @@ import os
 import socket
 from pathlib import Path
 
-from fractal_hostd.portholder import describe_port_holder, listening_inodes
+from fractal_hostd.process.portholder import describe_port_holder, listening_inodes
 
 
 def test_names_this_process_as_the_holder_of_its_listening_port() -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from fractal_hostd.config import Config, ConfigError, check_private_dir
-from fractal_hostd.private_dir import is_own, remove_own
+from fractal_hostd.process.private_dir import is_own, remove_own
 
 OWN = ("key.pem", "cert.pem", "api_url", "auth_secret", "rclone")
 

@@ -8,6 +8,7 @@ are printed for the notes (`pytest -s`).
 from __future__ import annotations
 
 import contextlib
+import functools
 import signal
 import ssl
 import subprocess
@@ -18,7 +19,7 @@ from pathlib import Path
 import httpx
 import trio
 
-from fractal_hostd import early_signals
+from fractal_hostd.process import early_signals
 from tests.service_harness import (
     AUTH_SECRET,
     REPO,
@@ -85,7 +86,7 @@ async def test_second_instance_exits_2_and_touches_nothing(tmp_path: Path) -> No
             ]
             for extra in variants:
                 second = await trio.to_thread.run_sync(
-                    lambda extra=extra: _run_cli({**env, **extra}, "run")
+                    functools.partial(_run_cli, {**env, **extra}, "run")
                 )
                 assert second.returncode == 2, second.stderr
                 lines = second.stderr.strip().splitlines()

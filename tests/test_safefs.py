@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 
 from fractal_hostd import safefs
-from fractal_hostd.secrets import load_or_create_auth_secret, write_private_file
-from fractal_hostd.tls import generate_certificate
+from fractal_hostd.api.secret import load_or_create_auth_secret
+from fractal_hostd.api.tls import generate_certificate
+from fractal_hostd.process.private_files import write_private_file
 
 
 @pytest.fixture

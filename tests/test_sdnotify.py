@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from fractal_hostd import sdnotify
+from fractal_hostd.process import sdnotify
 
 
 @pytest.fixture
@@ -119,8 +119,3 @@ async def test_watchdog_without_watchdog_sleeps_quietly(
             await trio.sleep(3600)
             nursery.cancel_scope.cancel()
     assert received(receiver) == []
-
-
-def test_child_environment_drops_notify_variables() -> None:
-    env = {"PATH": "/bin", "NOTIFY_SOCKET": "/run/x", "WATCHDOG_USEC": "1", "WATCHDOG_PID": "2"}
-    assert sdnotify.without_notify_env(env) == {"PATH": "/bin"}

@@ -9,6 +9,7 @@ start-up and shutdown times are printed for the notes (`pytest -s`).
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import ssl
@@ -108,6 +109,8 @@ async def test_ready_then_signal_sends_dying_heartbeat_and_exits_0(
         assert peers.sentry.events == []  # a signal is not an error
         assert not (tmp_path / "private").exists()
         _no_secrets(service.logs(), peers)
+        # One handshake, told once (by the webserver client, with its attempt count).
+        assert service.logs().count("handshake with the webserver") == 1
 
 
 async def test_managed_container_gets_files_and_dpi_over_the_api(tmp_path: Path) -> None:
@@ -360,7 +363,7 @@ async def test_in_flight_request_completes_on_every_shutdown_path(
         assert "4999" in answers[0].json()["error"]
 
 
-async def test_api_address_in_use_is_fatal_and_named(tmp_path: Path) -> None:
+async def test_api_address_in_use_is_fatal_and_names_its_holder(tmp_path: Path) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -370,6 +373,10 @@ async def test_api_address_in_use_is_fatal_and_named(tmp_path: Path) -> None:
             async with running_service(tmp_path, env) as service:
                 code, _ = await _exit(service)
             assert code == 1
+            logs = service.logs()
+            assert f"held by pid {os.getpid()} (" in logs
+            assert "stop it or choose another port" in logs
+            assert "Traceback" not in logs
             event = _exception_event(peers)
             exception = event["exception"]["values"][-1]
             assert exception["type"] == "ApiUnavailable"

@@ -9,8 +9,8 @@ from collections.abc import AsyncIterator
 import pytest
 import trio
 
-from fractal_hostd import early_signals
-from fractal_hostd.signal_watch import SignalWatcher, task_tree_lines
+from fractal_hostd.process import early_signals
+from fractal_hostd.process.signal_watch import SignalWatcher, task_tree_lines
 
 
 @pytest.fixture(autouse=True)

@@ -18,8 +18,8 @@ import trio
 import trio.testing
 
 from fractal_hostd.hoststate import DrainNotice, HostState
-from fractal_hostd.imds import ImdsClient
-from fractal_hostd.spot import (
+from fractal_hostd.metadata.imds import ImdsClient
+from fractal_hostd.metadata.spot import (
     MalformedNotice,
     parse_rebalance_notice,
     parse_spot_notice,

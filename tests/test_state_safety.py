@@ -13,7 +13,8 @@ import errno
 import json
 import os
 import subprocess
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +55,15 @@ def lifecycle_on(mappings: Path, *, inline: bool = True) -> ContainerLifecycle:
     if inline:
         return ContainerLifecycle(mappings_dir=mappings, registry=registry, run_blocking=run_inline)
     return ContainerLifecycle(mappings_dir=mappings, registry=registry)
+
+
+@asynccontextmanager
+async def file_writer_running(lifecycle: ContainerLifecycle) -> AsyncIterator[None]:
+    """The lifecycle's file-writer (retries of failed writes) runs for the block."""
+    async with trio.open_nursery() as nursery:
+        await nursery.start(lifecycle.run_file_writer)
+        yield
+        nursery.cancel_scope.cancel()
 
 
 class DiskFull:
@@ -184,10 +194,8 @@ async def test_start_up_replaces_a_file_where_the_mappings_directory_belongs(
     mappings = tmp_path / "containerResourceMappings"
     mappings.write_text("garbage")
     lifecycle = lifecycle_on(mappings)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(lifecycle.run_file_writer)
+    async with file_writer_running(lifecycle):
         await lifecycle.adopt([running(1, PORT)])
-        nursery.cancel_scope.cancel()
     assert dir_files(mappings / cid(1))["tty"] == "10"
 
 
@@ -216,8 +224,7 @@ async def test_a_failed_write_is_retried_with_backoff_until_written(
 ) -> None:
     mappings = tmp_path / "containerResourceMappings"
     lifecycle = lifecycle_on(mappings)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(lifecycle.run_file_writer)
+    async with file_writer_running(lifecycle):
         disk = DiskFull(monkeypatch)
         await lifecycle.on_running(running(1, PORT))
         record = lifecycle._registry.get(cid(1))
@@ -234,7 +241,6 @@ async def test_a_failed_write_is_retried_with_backoff_until_written(
         assert not record.files_pending
         assert lifecycle.pending_writes == 0
         assert dir_files(mappings / cid(1)) == {"hostPort_for_my_32262_tcp": str(PORT), "tty": "10"}
-        nursery.cancel_scope.cancel()
 
 
 @pytest.mark.parametrize("code", [errno.ENOSPC, errno.EIO, errno.EROFS])
@@ -253,8 +259,7 @@ async def test_start_values_that_fail_answer_406_and_land_later_in_order(
         real_rename(src, dst, **fds)
 
     monkeypatch.setattr("fractal_hostd.safefs.os.rename", rename)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(api.lifecycle.run_file_writer)
+    async with file_writer_running(api.lifecycle):
         disk = DiskFull(monkeypatch, code)
         await api.add_container(PORT)  # even hostPort/tty are not written yet
         answer = await client.put(
@@ -282,7 +287,6 @@ async def test_start_values_that_fail_answer_406_and_land_later_in_order(
         }
         status = json.loads(await (await client.get("/status", headers=AUTH)).get_data())
         assert status["pending_file_writes"] == 0
-        nursery.cancel_scope.cancel()
     # `.ready` came last, with tty and the host port already there.
     assert ready_seen_with
     assert all({"tty", "hostPort_for_my_32262_tcp", "DPI"} <= s for s in ready_seen_with)
@@ -293,8 +297,7 @@ async def test_a_pending_write_of_a_container_that_dies_is_dropped(
 ) -> None:
     mappings = tmp_path / "containerResourceMappings"
     lifecycle = lifecycle_on(mappings)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(lifecycle.run_file_writer)
+    async with file_writer_running(lifecycle):
         disk = DiskFull(monkeypatch)
         await lifecycle.on_running(running(1, PORT))
         await lifecycle.on_gone(cid(1))
@@ -302,7 +305,6 @@ async def test_a_pending_write_of_a_container_that_dies_is_dropped(
         await trio.sleep(1)
         assert lifecycle.pending_writes == 0
         assert not (mappings / cid(1)).exists()
-        nursery.cancel_scope.cancel()
 
 
 async def test_adoption_after_a_full_disk_keeps_dpi_arn_and_ready(tmp_path: Path) -> None:
@@ -406,8 +408,7 @@ def _fill(directory: Path) -> Path:
 async def test_a_full_tmpfs_is_retried_until_space_returns(small_tmpfs: Path) -> None:
     mappings = small_tmpfs / "containerResourceMappings"
     lifecycle = lifecycle_on(mappings, inline=False)  # real threads, real clock
-    async with trio.open_nursery() as nursery:
-        await nursery.start(lifecycle.run_file_writer)
+    async with file_writer_running(lifecycle):
         filler = _fill(small_tmpfs)
         await lifecycle.on_running(running(1, PORT))
         record = lifecycle._registry.get(cid(1))
@@ -419,7 +420,6 @@ async def test_a_full_tmpfs_is_retried_until_space_returns(small_tmpfs: Path) ->
             while record.files_pending:
                 await trio.sleep(0.05)
         assert dir_files(mappings / cid(1)) == {"hostPort_for_my_32262_tcp": str(PORT), "tty": "10"}
-        nursery.cancel_scope.cancel()
 
 
 async def test_a_read_only_root_is_fatal_at_start_up(read_only_root: Path) -> None:

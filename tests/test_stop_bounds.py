@@ -19,8 +19,10 @@ import pytest
 import trio
 import trio.testing
 
-from fractal_hostd import supervisor, telemetry
+from fractal_hostd import supervisor
+from fractal_hostd.api import bootstrap
 from fractal_hostd.config import Config, Secret
+from fractal_hostd.process import telemetry
 from fractal_hostd.supervisor import (
     API_DRAIN_MARGIN,
     API_GRACEFUL_TIMEOUT,
@@ -28,7 +30,7 @@ from fractal_hostd.supervisor import (
     Service,
     stop_path_bound,
 )
-from fractal_hostd.webserver import WebserverClient
+from fractal_hostd.webserver.client import WebserverClient
 
 UNIT = Path(__file__).resolve().parent.parent / "systemd" / "fractal-hostd.service"
 
@@ -68,7 +70,7 @@ def stuck(monkeypatch: pytest.MonkeyPatch) -> Stuck:
     async def flush() -> None:
         await peers.forever("sentry flush")
 
-    monkeypatch.setattr(supervisor, "serve_api", api)
+    monkeypatch.setattr(bootstrap, "serve_api", api)
     monkeypatch.setattr(supervisor, "run_event_stream", events)
     monkeypatch.setattr(WebserverClient, "handshake", handshake)
     monkeypatch.setattr(WebserverClient, "send_heartbeat", heartbeat)

@@ -25,27 +25,17 @@ import sentry_sdk
 import trio
 from sentry_sdk.integrations.stdlib import StdlibIntegration
 
-from fractal_hostd import logs, telemetry
-from fractal_hostd.hoststate import InstanceMetadata
-from fractal_hostd.logs import FILTERED
+from fractal_hostd.process import logs, telemetry
+from fractal_hostd.process.logs import FILTERED
 from tests.api_fixtures import AUTH, make_api
 from tests.fakes.sentry import FakeSentry, parse_envelope, reset_sentry, running_fake_sentry
+from tests.instance_fixtures import PUBLIC_METADATA as METADATA
 
 # Made at run time: source lines in tracebacks are not scrubbed (by design: runtime secrets are
 # never in our source), so a literal here would show up in the events as source context.
 SECRET = "s3cr3t-" + uuid.uuid4().hex
 REGISTERED = "registered-" + uuid.uuid4().hex
 REPO = Path(__file__).resolve().parent.parent
-
-METADATA = InstanceMetadata(
-    ami_id="ami-0123",
-    ami_launch_index="0",
-    instance_id="i-0abc",
-    instance_type="g4dn.xlarge",
-    region="us-east-1",
-    availability_zone="us-east-1a",
-    public_ipv4="203.0.113.7",
-)
 
 
 @pytest.fixture(autouse=True)
@@ -212,7 +202,7 @@ async def test_an_api_bug_is_an_event_naming_the_request_without_its_body(
     async def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError("disk on fire")
 
-    api.lifecycle.set_start_values = broken  # type: ignore[method-assign]
+    api.lifecycle.set_start_values = broken  # type: ignore[method-assign,assignment]
     with trio.fail_after(10):
         async with running_fake_sentry() as sentry:
             start(sentry)
@@ -463,7 +453,7 @@ async def test_flush_is_bounded_by_the_callers_scope_when_sentry_hangs() -> None
 EXIT_SCRIPT = textwrap.dedent(
     """
     import sys, trio, sentry_sdk
-    from fractal_hostd import telemetry
+    from fractal_hostd.process import telemetry
 
     async def main():
         telemetry.init_sentry(dsn=sys.argv[1], enabled=True, environment="dev", release="1")

@@ -16,7 +16,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
-from fractal_hostd.tls import DEFAULT_VALIDITY, generate_certificate
+from fractal_hostd.api.tls import DEFAULT_VALIDITY, generate_certificate
 
 
 def _names(cert: x509.Certificate) -> tuple[set[str], set[str]]:

@@ -18,19 +18,10 @@ import pytest
 import trio
 import trio.testing
 
-from fractal_hostd.hoststate import InstanceMetadata
-from fractal_hostd.webserver import HandshakeFailed, HeartbeatPayload, WebserverClient
+from fractal_hostd.webserver.client import HandshakeFailed, HeartbeatPayload, WebserverClient
 from tests.fakes.webserver import running_fake_webserver
+from tests.instance_fixtures import METADATA
 
-METADATA = InstanceMetadata(
-    ami_id="ami-0123",
-    ami_launch_index="0",
-    instance_id="i-0abc",
-    instance_type="g4dn.xlarge",
-    region="us-east-1",
-    availability_zone="us-east-1a",
-    public_ipv4=None,
-)
 SECRET = "s3cret-auth-token-value"
 
 

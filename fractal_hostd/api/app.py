@@ -27,7 +27,7 @@ from fractal_hostd.api.auth import Authenticator
 from fractal_hostd.api.errors import ApiError
 from fractal_hostd.api.limits import BODY_TIMEOUT_SECONDS, MAX_BODY_BYTES
 from fractal_hostd.api.routes import ApiContext, CloudStorageMounter, register_routes
-from fractal_hostd.cloud_storage import OAuthToken
+from fractal_hostd.cloud_storage.mounts import OAuthToken
 from fractal_hostd.containers.lifecycle import ContainerLifecycle
 from fractal_hostd.containers.registry import ContainerRegistry
 from fractal_hostd.history import ContainerHistory, service_errors

@@ -35,7 +35,7 @@ from fractal_hostd.api.validation import (
     parse_mount_request,
     parse_start_values_request,
 )
-from fractal_hostd.cloud_storage import MountFailed, OAuthToken
+from fractal_hostd.cloud_storage.mounts import MountFailed, OAuthToken
 from fractal_hostd.containers.lifecycle import (
     ContainerLifecycle,
     ContainerUnknown,
@@ -44,8 +44,8 @@ from fractal_hostd.containers.lifecycle import (
 from fractal_hostd.containers.registry import ContainerRecord, ContainerRegistry
 from fractal_hostd.history import ContainerHistory, ErrorRing
 from fractal_hostd.hoststate import DrainNotice, HostState
+from fractal_hostd.metadata.spot import enter_draining
 from fractal_hostd.metrics import Metrics
-from fractal_hostd.spot import enter_draining
 
 T = TypeVar("T")
 logger = logging.getLogger(__name__)
@@ -56,7 +56,7 @@ DRAIN_HOOK_TIMEOUT = 10.0
 
 
 class CloudStorageMounter(Protocol):
-    """What the API needs of `fractal_hostd.cloud_storage.CloudStorage`."""
+    """What the API needs of `fractal_hostd.cloud_storage.mounts.CloudStorage`."""
 
     async def mount(
         self,

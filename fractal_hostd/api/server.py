@@ -12,15 +12,21 @@ from __future__ import annotations
 import errno
 import logging
 import math
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import h11
 import trio
 from hypercorn.config import Config
+from hypercorn.events import Event
+from hypercorn.protocol import ProtocolWrapper
+from hypercorn.protocol.h11 import H11Protocol
 from hypercorn.trio.lifespan import Lifespan
+from hypercorn.trio.task_group import TaskGroup as HypercornTaskGroup
 from hypercorn.trio.tcp_server import TCPServer
 from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.typing import (
+    AppWrapper,
     ASGIFramework,
     ASGIReceiveCallable,
     ASGISendCallable,
@@ -28,8 +34,15 @@ from hypercorn.typing import (
     ConnectionState,
     LifespanState,
     Scope,
+    TaskGroup,
 )
-from hypercorn.utils import ShutdownError, raise_shutdown, repr_socket_addr, wrap_app
+from hypercorn.utils import (
+    ShutdownError,
+    parse_socket_addr,
+    raise_shutdown,
+    repr_socket_addr,
+    wrap_app,
+)
 from prometheus_client import CollectorRegistry
 from quart_trio import QuartTrio
 
@@ -49,29 +62,79 @@ SSL_HANDSHAKE_TIMEOUT = 10.0
 _ACCEPT_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
 
 
-class _ContainedTCPServer(TCPServer):
-    """hypercorn's per-connection handler, whose errors end that connection only.
+class _Http11WithoutUpgrade(H11Protocol):
+    """hypercorn's HTTP/1.1 protocol, minus its two ways into HTTP/2 over a connection that
+    ALPN already settled as HTTP/1.1: an `Upgrade: h2c` request (answered 101, then h2) and
+    the h2 preface sent as a request line (`PRI * HTTP/2.0`). An `Upgrade` header is then
+    just a header (RFC 9110 §7.8 lets a server ignore it) and `PRI *` an ordinary request,
+    answered in HTTP/1.1 like any unknown path."""
 
-    Each connection runs in the server's handler nursery: an exception escaping one
-    connection's protocol code would cancel the whole server, and with it the service
-    (contract §5: bad input must never disturb it). That is not theoretical: hypercorn 0.18's
-    HTTP/2 code raises KeyError for DATA that arrives on a stream it has already answered
-    (pgjones/hypercorn#334, unfixed), which any client gets by
-    sending a body over 64 KiB (413) or a large body to an unknown path (404). Under asyncio
-    hypercorn loses just the connection; this gives trio the same behaviour.
-    """
+    async def _check_protocol(self, event: h11.Request) -> None:
+        return None
+
+
+class _Http11Only(ProtocolWrapper):
+    """A connection that speaks HTTP/1.1 only (see `hypercorn_config`)."""
+
+    def __init__(
+        self,
+        app: AppWrapper,
+        config: Config,
+        context: WorkerContext,
+        task_group: TaskGroup,
+        state: ConnectionState,
+        ssl: bool,
+        client: tuple[str, int] | None,
+        server: tuple[str, int] | None,
+        send: Callable[[Event], Awaitable[None]],
+    ) -> None:
+        super().__init__(
+            app, config, context, task_group, state, ssl, client, server, send, "http/1.1"
+        )
+        self.protocol = _Http11WithoutUpgrade(
+            app, config, context, task_group, state, ssl, client, server, send
+        )
+
+
+class _Http11TCPServer(TCPServer):
+    """hypercorn's per-connection handler, with two changes for the API: HTTP/1.1 only, and a
+    connection the client closed frees its place at once."""
 
     async def run(self) -> None:
+        # hypercorn 0.18's TCPServer.run with _Http11Only in place of its ProtocolWrapper,
+        # which would switch to HTTP/2 on ALPN "h2", an h2c upgrade or the h2 preface. Why
+        # HTTP/1.1 only: the webserver needs nothing else, and hypercorn's HTTP/2 code let a
+        # client end the whole server (pgjones/hypercorn#334: KeyError for DATA on a stream
+        # already answered, which escaped the connection's task into the server's nursery).
         try:
-            await super().run()
-        except* Exception as errors:  # cancellations pass through untouched
-            # Warning, not error: a client can provoke this at will, so it must not flood
-            # Sentry, nor the journal with tracebacks (those only at debug level).
-            logger.warning(
-                "API connection dropped after an error in hypercorn: %s",
-                "; ".join(f"{type(exc).__name__}: {exc}" for exc in _leaves(errors)),
-                exc_info=logger.isEnabledFor(logging.DEBUG),
-            )
+            with trio.fail_after(self.config.ssl_handshake_timeout):
+                await self.stream.do_handshake()
+        except (trio.BrokenResourceError, trio.TooSlowError):
+            return  # handshake failed
+        socket = self.stream.transport_stream.socket
+        try:
+            client = parse_socket_addr(socket.family, socket.getpeername())
+            server = parse_socket_addr(socket.family, socket.getsockname())
+            async with HypercornTaskGroup() as task_group:
+                self._task_group = task_group
+                self.protocol = _Http11Only(
+                    self.app,
+                    self.config,
+                    self.context,
+                    task_group,
+                    ConnectionState(self.state),
+                    True,
+                    client,
+                    server,
+                    self.protocol_send,
+                )
+                await self.protocol.initiate()
+                await self.idle_task.restart(self._task_group, self._idle_timeout)
+                await self._read_data()
+        except OSError:
+            pass
+        finally:
+            await self._close()
 
     async def _read_data(self) -> None:
         await super()._read_data()
@@ -80,14 +143,6 @@ class _ContainedTCPServer(TCPServer):
         # of FRACTAL_API_MAX_CONNECTIONS, a TLS object and a task held for nothing (a flood
         # of connect-and-close then filled the cap). A request in flight still finishes.
         await self.idle_task.stop()
-
-
-def _leaves(error: BaseException) -> Iterator[BaseException]:
-    if isinstance(error, BaseExceptionGroup):
-        for inner in error.exceptions:
-            yield from _leaves(inner)
-    else:
-        yield error
 
 
 class _ShieldedSend:
@@ -100,10 +155,11 @@ class _ShieldedSend:
     drain waited the whole graceful timeout for it (measured: 3.0 s instead of 0). Shielding
     `send` lets hypercorn finish its bookkeeping.
 
-    The shield is bounded by `limit` seconds: over HTTP/2 the send waits for the client's
-    flow-control window, and a client that advertises a window of 0 (or stops reading) would
-    otherwise hold it forever, out of reach of the graceful timeout's cancel, so a SIGTERM
-    never ended the service. A legitimate client takes our small answers at once.
+    The shield is bounded by `limit` seconds: the send waits for the client to read (TCP's
+    window; HTTP/2's flow-control window when hypercorn still spoke it), and a client that
+    stops reading would otherwise hold it forever, out of reach of the graceful timeout's
+    cancel, so a SIGTERM never ended the service. A legitimate client takes our small
+    answers at once.
     """
 
     def __init__(self, app: ASGIFramework, *, limit: float) -> None:
@@ -139,6 +195,8 @@ def hypercorn_config(
     config.graceful_timeout = graceful_timeout
     config.ssl_handshake_timeout = SSL_HANDSHAKE_TIMEOUT
     config.include_server_header = False
+    # HTTP/1.1 only, offered as the one ALPN protocol (see _Http11TCPServer).
+    config.alpn_protocols = ["http/1.1"]
     # Our app logs each request itself, without headers; hypercorn's access log would
     # duplicate it. Its error log goes through the service's logging setup.
     config.accesslog = None
@@ -191,7 +249,7 @@ async def serve_api(
         try:
             stream = trio.SSLStream(raw, ssl_context, server_side=True, https_compatible=True)
             state = ConnectionState(lifespan_state.copy())
-            await _ContainedTCPServer(asgi, config, context, state, stream).run()
+            await _Http11TCPServer(asgi, config, context, state, stream).run()
         finally:
             gate.release()
             await trio.aclose_forcefully(raw)

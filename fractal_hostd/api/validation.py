@@ -21,14 +21,14 @@ import re
 from dataclasses import dataclass
 from typing import Any, Final
 
-from fractal_hostd.cloud_storage import OAuthToken
+from fractal_hostd.cloud_storage.mounts import OAuthToken
+from fractal_hostd.cloud_storage.rclone_config import PROVIDERS
+from fractal_hostd.containers.mapping import MAX_DPI, MIN_DPI
 
 MAX_STRING = 4096
 MAX_TOKEN = 8192  # OAuth access/refresh tokens (Google's are ~2 KB; room to grow)
 MAX_ARN = 2048
-MIN_DPI, MAX_DPI = 1, 1000
 MAX_REASON = 500
-PROVIDERS: Final = ("google_drive", "dropbox")
 # Patterns in the syntax ECMA-262 (JSON Schema) and Python's re read alike.
 PRINTABLE_ASCII_PATTERN: Final = "^[\\u0020-\\u007e]*$"
 # No C0 control (newlines included), DEL, C1 control (NEL included), U+2028 or U+2029.

@@ -32,10 +32,6 @@ class ContainerInfo:
     host_port: int | None  # host port bound to 32262/tcp; None = not managed
     running: bool  # live: running or paused (contract §2)
 
-    @property
-    def managed(self) -> bool:
-        return self.host_port is not None
-
     @classmethod
     def from_inspect(cls, inspect: dict[str, Any]) -> ContainerInfo:
         raw_id = inspect.get("Id")

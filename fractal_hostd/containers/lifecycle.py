@@ -31,6 +31,8 @@ import trio
 from fractal_hostd.containers.adoption import plan_adoption
 from fractal_hostd.containers.info import ContainerInfo, is_container_id
 from fractal_hostd.containers.mapping import (
+    MAX_DPI,
+    MIN_DPI,
     MappingDir,
     MappingFiles,
     is_valid_arn,
@@ -267,7 +269,7 @@ class ContainerLifecycle:
         if container_arn == "":
             container_arn = None  # the webserver's way of saying "no ARN"
         if not is_valid_dpi(dpi):
-            raise ValueError("dpi must be an integer from 1 to 10000")
+            raise ValueError(f"dpi must be an integer from {MIN_DPI} to {MAX_DPI}")
         if container_arn is not None and not is_valid_arn(container_arn):
             raise ValueError("container_ARN must be one printable line")
         record = self._registry.by_host_port(host_port)

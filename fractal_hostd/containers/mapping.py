@@ -43,7 +43,8 @@ READY_CONTENT = ".ready"
 
 DIR_MODE = 0o755
 FILE_MODE = 0o644
-MAX_DPI = 10_000  # no display has more; bigger values are garbage, not a DPI
+# The one DPI range: the API accepts it, and a DPI file outside it is garbage, not a DPI.
+MIN_DPI, MAX_DPI = 1, 1000
 MAX_FILE_BYTES = 4096  # a value file bigger than this is garbage: never read it whole
 
 
@@ -75,7 +76,7 @@ class MappingContents:
 
 
 def is_valid_dpi(dpi: object) -> bool:
-    return isinstance(dpi, int) and not isinstance(dpi, bool) and 1 <= dpi <= MAX_DPI
+    return isinstance(dpi, int) and not isinstance(dpi, bool) and MIN_DPI <= dpi <= MAX_DPI
 
 
 def is_valid_arn(arn: object) -> bool:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import trio
 
-from fractal_hostd import early_signals
+from fractal_hostd.process import early_signals
 
 logger = logging.getLogger(__name__)
 

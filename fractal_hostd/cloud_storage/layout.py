@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fractal_hostd import safefs
-from fractal_hostd.rclone_config import PROVIDERS, config_file_name
+from fractal_hostd.cloud_storage.rclone_config import PROVIDERS, config_file_name
 
 logger = logging.getLogger(__name__)
 

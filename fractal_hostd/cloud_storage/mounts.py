@@ -25,18 +25,18 @@ from pathlib import Path
 
 import trio
 
-from fractal_hostd.cloud_storage_check import check_prerequisites
-from fractal_hostd.cloud_storage_layout import Key, Layout, UnsafePath
-from fractal_hostd.fuse_unmount import DEFAULT_UNMOUNT_COMMANDS, lazy_unmount
-from fractal_hostd.mountinfo import (
+from fractal_hostd.cloud_storage.check import check_prerequisites
+from fractal_hostd.cloud_storage.fuse_unmount import DEFAULT_UNMOUNT_COMMANDS, lazy_unmount
+from fractal_hostd.cloud_storage.layout import Key, Layout, UnsafePath
+from fractal_hostd.cloud_storage.mountinfo import (
     PROC_MOUNTINFO,
     MountEntry,
     is_mounted,
     mounts_under,
     read_mounts,
 )
-from fractal_hostd.rclone_cache import RcloneCaches
-from fractal_hostd.rclone_config import (
+from fractal_hostd.cloud_storage.rclone_cache import RcloneCaches
+from fractal_hostd.cloud_storage.rclone_config import (
     PROVIDERS,
     Backend,
     InvalidSetting,
@@ -47,13 +47,13 @@ from fractal_hostd.rclone_config import (
     render_config,
     secret_values,
 )
-from fractal_hostd.rclone_mount import (
+from fractal_hostd.cloud_storage.rclone_mount import (
     FUSE_RCLONE,
     mount_answers,
     run_mount_command,
     wait_until_mounted,
 )
-from fractal_hostd.secrets import ensure_private_dir, write_private_file
+from fractal_hostd.process.private_files import ensure_private_dir, write_private_file
 
 __all__ = [
     "PROVIDERS",

@@ -12,7 +12,7 @@ import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
-from fractal_hostd.child_process import child_environment
+from fractal_hostd.process.child_process import child_environment
 
 VERSION_TIMEOUT = 10.0
 

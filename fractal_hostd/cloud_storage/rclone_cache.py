@@ -26,7 +26,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from fractal_hostd.secrets import ensure_private_dir
+from fractal_hostd.process.private_files import ensure_private_dir
 
 logger = logging.getLogger(__name__)
 

@@ -45,9 +45,9 @@ from sentry_sdk.integrations.logging import LoggingIntegration
 from sentry_sdk.types import Event, Hint
 from sentry_sdk.utils import BadDsn, event_from_exception
 
-from fractal_hostd.child_process import child_environment
 from fractal_hostd.hoststate import InstanceMetadata
-from fractal_hostd.logs import FILTERED, NO_SENTRY_EVENT, is_sensitive_key, redact_text
+from fractal_hostd.process.child_process import child_environment
+from fractal_hostd.process.logs import FILTERED, NO_SENTRY_EVENT, is_sensitive_key, redact_text
 
 GIT_COMMIT_ENV: Final = "FRACTAL_GIT_COMMIT"
 _COMMIT_RE: Final = re.compile(r"[0-9a-f]{7,40}")

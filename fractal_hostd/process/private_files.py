@@ -1,20 +1,17 @@
-"""The private directory and the API's shared secret on disk.
+"""The private directory and the small files the service keeps there, never through a link.
 
-The private directory holds the TLS key and, in localdev, the generated API secret. It is made
-0700 and re-chmodded if it already exists with looser bits: the key inside must never be
-readable by another user, even for a moment.
+The private directory holds the TLS key, rclone configs and, in localdev, the generated API
+secret. It is made 0700 and re-chmodded if it already exists with looser bits: the key inside
+must never be readable by another user, even for a moment.
 """
 
 from __future__ import annotations
 
-import logging
 import os
-import secrets
 from pathlib import Path
 
 from fractal_hostd import safefs
 
-logger = logging.getLogger(__name__)
 MAX_SECRET_FILE_BYTES = 4096  # a secret file bigger than this is not one of ours
 
 
@@ -37,18 +34,3 @@ def read_private_file(path: Path) -> str | None:
     with safefs.opened(safefs.open_root(path.parent)) as dir_fd:
         data = safefs.read_file(dir_fd, path.name, max_bytes=MAX_SECRET_FILE_BYTES)
     return None if data is None else data.decode(errors="replace")
-
-
-def load_or_create_auth_secret(path: Path) -> str:
-    """Localdev's API secret: reuse the one on disk, or make a new random one (0600).
-    A link, oversized or unreadable file there is replaced by a new secret."""
-    try:
-        existing = (read_private_file(path) or "").strip()
-    except OSError as exc:
-        logger.warning("replacing %s: %s", path.name, exc.strerror)
-        existing = ""
-    if existing:
-        return existing
-    value = secrets.token_urlsafe(32)
-    write_private_file(path, value)
-    return value

@@ -11,14 +11,11 @@ from __future__ import annotations
 import logging
 import os
 import socket
-from collections.abc import Mapping
-from typing import Final, NoReturn
+from typing import NoReturn
 
 import trio
 
 logger = logging.getLogger(__name__)
-
-NOTIFY_ENV: Final = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
 
 
 def _socket_address() -> str | None:
@@ -91,8 +88,3 @@ async def run_watchdog(
     while True:
         notify("WATCHDOG=1")
         await trio.sleep(interval)
-
-
-def without_notify_env(env: Mapping[str, str]) -> dict[str, str]:
-    """`env` minus the notify variables, for child processes (rclone would send READY=1 too)."""
-    return {k: v for k, v in env.items() if k not in NOTIFY_ENV}

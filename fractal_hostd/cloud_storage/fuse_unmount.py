@@ -15,7 +15,7 @@ from pathlib import Path
 
 import trio
 
-from fractal_hostd.child_process import run_child
+from fractal_hostd.process.child_process import run_child
 
 logger = logging.getLogger(__name__)
 

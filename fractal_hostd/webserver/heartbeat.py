@@ -30,8 +30,8 @@ from typing import NoReturn
 import trio
 
 from fractal_hostd.hoststate import HeartbeatRecord, HostState, InstanceMetadata
-from fractal_hostd.meminfo import PROC_MEMINFO, MemInfo, read_meminfo
-from fractal_hostd.webserver import HeartbeatPayload, WebserverClient
+from fractal_hostd.process.meminfo import PROC_MEMINFO, MemInfo, read_meminfo
+from fractal_hostd.webserver.client import HeartbeatPayload, WebserverClient
 
 logger = logging.getLogger(__name__)
 

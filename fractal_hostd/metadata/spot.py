@@ -29,7 +29,7 @@ import trio
 
 from fractal_hostd.hoststate import DrainHook as DrainHook  # re-exported for the supervisor
 from fractal_hostd.hoststate import DrainNotice, HostState
-from fractal_hostd.imds import ImdsClient, ImdsError
+from fractal_hostd.metadata.imds import ImdsClient, ImdsError
 
 logger = logging.getLogger(__name__)
 

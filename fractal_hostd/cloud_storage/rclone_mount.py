@@ -13,9 +13,9 @@ from pathlib import Path
 import trio
 from trio.lowlevel import RunVar
 
-from fractal_hostd.child_process import run_child
-from fractal_hostd.mountinfo import is_mounted, read_mounts
-from fractal_hostd.rclone_config import scrub
+from fractal_hostd.cloud_storage.mountinfo import is_mounted, read_mounts
+from fractal_hostd.cloud_storage.rclone_config import scrub
+from fractal_hostd.process.child_process import run_child
 
 logger = logging.getLogger(__name__)
 

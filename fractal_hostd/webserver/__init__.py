@@ -1,0 +1,1 @@
+"""The Fractal webserver: its client and the heartbeat child task."""
