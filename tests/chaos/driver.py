@@ -124,7 +124,10 @@ def figures(times: list[float]) -> dict[str, float | int]:
     if not times:
         return {"n": 0}
     ordered = sorted(times)
-    pick = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))]  # noqa: E731
+
+    def pick(q: float) -> float:
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
     return {
         "n": len(ordered),
         "p50": round(statistics.median(ordered), 4),
@@ -323,8 +326,9 @@ class Driver:
                 await self.service.kill_now()
             self._kill_our_processes()
             self._unmount_ours()
-            if isinstance(self.engine if hasattr(self, "engine") else None, RealEngine):
-                await self.engine.aclose()  # type: ignore[union-attr]
+            engine = getattr(self, "engine", None)
+            if isinstance(engine, RealEngine):
+                await engine.aclose()
             if self.dockerd is not None:
                 await trio.to_thread.run_sync(self.dockerd.clean_up)
             if self.tmpfs:

@@ -77,8 +77,10 @@ class Service:
             run.stop = "kill (term timed out)"
             self.process.kill()
             await self.process.wait()
-        run.exit_code = self.process.returncode
-        return run.exit_code
+        code = self.process.returncode
+        assert code is not None  # waited for above
+        run.exit_code = code
+        return code
 
     def close_run(self, heartbeat_count: int) -> None:
         self.runs[-1].last_heartbeat = heartbeat_count
