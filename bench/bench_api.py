@@ -106,10 +106,21 @@ def _ms(value: str, unit: str) -> float:
 @contextlib.contextmanager
 def _server(workdir: Path, secret: str, log_level: str) -> Iterator[tuple[str, int]]:
     """The API in a child process (its log in workdir/server.log); yields its URL and pid."""
+    argv = [__file__, "--serve", str(workdir), "--log-level", log_level]
+    with server_process(argv, workdir, secret, wait_s=10) as (url, pid):
+        yield url, pid
+
+
+@contextlib.contextmanager
+def server_process(
+    argv: list[str], workdir: Path, secret: str, wait_s: float
+) -> Iterator[tuple[str, int]]:
+    """`python argv` as a server (its log in workdir/server.log) that prints its URL on
+    stdout and exits when its stdin closes; yields that URL and its pid."""
     workdir.mkdir(parents=True, exist_ok=True)
     with (workdir / "server.log").open("w") as log:
         server = subprocess.Popen(
-            [sys.executable, __file__, "--serve", str(workdir), "--log-level", log_level],
+            [sys.executable, *argv],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=log,
@@ -121,11 +132,11 @@ def _server(workdir: Path, secret: str, log_level: str) -> Iterator[tuple[str, i
         try:
             url = server.stdout.readline().strip()
             if not url.startswith("https://"):
-                raise RuntimeError(f"server did not start:\n{(workdir / 'server.log').read_text()}")
+                raise RuntimeError(f"{argv} did not start:\n{(workdir / 'server.log').read_text()}")
             yield url, server.pid
         finally:
             server.stdin.close()
-            server.wait(timeout=10)
+            server.wait(timeout=wait_s)
 
 
 def _cpu_seconds(pid: int) -> float:
