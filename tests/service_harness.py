@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -86,6 +87,7 @@ class ServiceProcess:
     process: trio.Process
     log_path: Path
     exec_at: float  # time.monotonic() just before exec
+    env: dict[str, str]
 
     def logs(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -112,9 +114,37 @@ async def running_service(
             [sys.executable, *argv], env=env, cwd=REPO, stdout=log, stderr=log
         )
     try:
-        yield ServiceProcess(process, log_path, exec_at)
+        yield ServiceProcess(process, log_path, exec_at, env)
     finally:
         if process.returncode is None:
             process.kill()
             with trio.move_on_after(10, shield=True):
                 await process.wait()
+
+
+@asynccontextmanager
+async def started_service(
+    tmp_path: Path, start_bound: float = 60, **extra: str
+) -> AsyncIterator[tuple[Peers, ServiceProcess]]:
+    """The service against fresh peers (`service_env` plus `extra`), yielded once start-up is
+    done: the webserver has its first heartbeat."""
+    async with (
+        running_peers(tmp_path) as peers,
+        running_service(tmp_path, service_env(tmp_path, peers, **extra)) as service,
+    ):
+        with trio.fail_after(start_bound):
+            await peers.webserver.wait_for_heartbeats(1)
+        yield peers, service
+
+
+def run_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """`python -m fractal_hostd ARGS` in `env`, its output captured (bounded: 60 s)."""
+    return subprocess.run(
+        [sys.executable, "-m", "fractal_hostd", *args],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )

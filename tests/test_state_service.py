@@ -16,7 +16,7 @@ import pytest
 import trio
 
 from tests.containers_fixtures import cid
-from tests.service_harness import running_peers, running_service, service_env
+from tests.service_harness import running_peers, running_service, service_env, started_service
 
 START_BOUND = 60
 EXIT_BOUND = 30
@@ -34,12 +34,7 @@ async def test_start_up_survives_unexpected_entries_in_the_mappings_directory(
     (mappings / cid(2)).symlink_to(outside)
     (mappings / cid(3)).mkdir()
     (mappings / cid(3) / "tty").write_text("garbage")
-    async with (
-        running_peers(tmp_path) as peers,
-        running_service(tmp_path, service_env(tmp_path, peers)) as service,
-    ):
-        with trio.fail_after(START_BOUND):
-            await peers.webserver.wait_for_heartbeats(1)
+    async with started_service(tmp_path, START_BOUND) as (peers, service):
         assert peers.webserver.heartbeats[0]["IsDyingHeartbeat"] is False
         # None of the three containers runs: their entries go, the link unfollowed.
         assert os.listdir(mappings) == []
