@@ -83,6 +83,18 @@ class DiskFull:
         monkeypatch.setattr("fractal_hostd.safefs.os.fsync", fsync)
 
 
+@asynccontextmanager
+async def started_on_a_full_disk(
+    mappings: Path, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[tuple[ContainerLifecycle, DiskFull]]:
+    """Container 1 started while every fsync fails: its files wait in the running file-writer."""
+    lifecycle = lifecycle_on(mappings)
+    async with file_writer_running(lifecycle):
+        disk = DiskFull(monkeypatch)
+        await lifecycle.on_running(running(1, PORT))
+        yield lifecycle, disk
+
+
 # --- item 1: links planted at every name the service touches ---------------------------
 
 
@@ -223,10 +235,7 @@ async def test_a_failed_write_is_retried_with_backoff_until_written(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, autojump_clock: trio.abc.Clock
 ) -> None:
     mappings = tmp_path / "containerResourceMappings"
-    lifecycle = lifecycle_on(mappings)
-    async with file_writer_running(lifecycle):
-        disk = DiskFull(monkeypatch)
-        await lifecycle.on_running(running(1, PORT))
+    async with started_on_a_full_disk(mappings, monkeypatch) as (lifecycle, disk):
         record = lifecycle._registry.get(cid(1))
         assert record is not None
         assert record.files_pending
@@ -296,10 +305,7 @@ async def test_a_pending_write_of_a_container_that_dies_is_dropped(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, autojump_clock: trio.abc.Clock
 ) -> None:
     mappings = tmp_path / "containerResourceMappings"
-    lifecycle = lifecycle_on(mappings)
-    async with file_writer_running(lifecycle):
-        disk = DiskFull(monkeypatch)
-        await lifecycle.on_running(running(1, PORT))
+    async with started_on_a_full_disk(mappings, monkeypatch) as (lifecycle, disk):
         await lifecycle.on_gone(cid(1))
         disk.failing = False
         await trio.sleep(1)
