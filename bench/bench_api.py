@@ -26,10 +26,11 @@ import secrets
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from bench_common import results_header, write_results
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results" / "api.json"
@@ -210,25 +211,18 @@ def main() -> int:
             flush=True,
         )
     headline = results["set_dpi_tmpfs"]["loaded"]
-    with open("/proc/loadavg") as loadavg:
-        load = loadavg.read().split()[:3]
     result = {
-        "benchmark": "HTTPS API over TLS, keep-alive, wrk (bench/bench_api.py)",
-        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": {
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "load_average_after": load,
-        },
+        **results_header(
+            "HTTPS API over TLS, keep-alive, wrk (bench/bench_api.py)",
+            python=platform.python_version(),
+        ),
         "server_log_level": args.log_level,
         "scenarios": results,
         "targets": {"requests_per_s": TARGET_RPS, "p99_ms": TARGET_P99_MS},
         "meets_targets": headline["requests_per_s"] >= TARGET_RPS
         and headline["p99_ms"] <= TARGET_P99_MS,
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"written to {RESULTS.relative_to(REPO)}")
+    write_results(RESULTS, result)
     return 0
 
 

@@ -24,12 +24,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import secrets
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +36,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
 from bench_api import HOST_PORT, _cpu_seconds, _lua, _wrk, server_process  # noqa: E402
+from bench_common import results_header, write_results  # noqa: E402
 
 RESULTS = REPO / "bench" / "results" / "floors.json"
 SERVERS = ("service", "quart_trio", "hypercorn_raw")
@@ -224,23 +223,19 @@ def main() -> int:
         goal = GOALS[name]
         ratios[name]["goal_vs_quart_trio"] = goal
         ratios[name]["meets_goal"] = ratios[name]["vs_quart_trio"]["requests_per_s"] >= goal
-    with open("/proc/loadavg") as loadavg:
-        load = loadavg.read().split()[:3]
     result = {
-        "benchmark": "the API against a bare quart-trio app and a raw hypercorn app, same TLS "
-        "(bench/bench_floors.py)",
-        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": {"cpus": os.cpu_count(), "load_average_after": load},
+        **results_header(
+            "the API against a bare quart-trio app and a raw hypercorn app, same TLS "
+            "(bench/bench_floors.py)"
+        ),
         "rounds": args.rounds,
         "wrk": {"threads": 2, "connections": args.connections, "duration_s": args.duration},
         "ratios": ratios,
         "runs": runs,
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
     for name, ratio in ratios.items():
         print(f"{name}: {json.dumps(ratio)}")
-    print(f"written to {RESULTS.relative_to(REPO)}")
+    write_results(RESULTS, result)
     return 0
 
 
