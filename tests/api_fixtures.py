@@ -208,6 +208,18 @@ async def running_api(
         stop.set()
 
 
+async def cli_against_api(
+    tmp_path: Path, main: Callable[..., int], bound: float, **cli_args: Any
+) -> int:
+    """`main(url=<a running API's URL>, **cli_args)`, a command-line entry point, run in a
+    thread (it blocks) against a fresh API; its exit code. The whole bounded by `bound`."""
+    with trio.fail_after(bound):
+        async with running_api(tmp_path) as running:
+            return await trio.to_thread.run_sync(
+                functools.partial(main, url=running.url, **cli_args)
+            )
+
+
 def tls_client(running: Running) -> httpx.AsyncClient:
     return httpx.AsyncClient(
         base_url=running.url, verify=ssl.create_default_context(cafile=str(running.tls.certfile))
