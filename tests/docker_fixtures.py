@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import httpx
 import pytest
 import trio
 
-from fractal_hostd.docker.client import DockerClient
+from fractal_hostd.docker.client import DockerClient, DockerNotFound
+from tests.conftest import TEST_IMAGE
 from tests.fakes.docker_engine import FakeDockerEngine, running_fake_docker
 
 
@@ -25,6 +27,19 @@ async def fake_docker() -> AsyncIterator[FakeDockerEngine]:
 @pytest.fixture
 async def fake_client(fake_docker: FakeDockerEngine) -> AsyncIterator[DockerClient]:
     async with DockerClient(fake_docker.socket_path) as client:
+        yield client
+
+
+@asynccontextmanager
+async def real_client_with_test_image(docker_socket: Path) -> AsyncIterator[DockerClient]:
+    """A client of the real engine (conftest's `docker_socket`); skips the test when the test
+    image is missing."""
+    async with DockerClient(str(docker_socket)) as client:
+        with trio.fail_after(10):
+            try:
+                await client.inspect_image(TEST_IMAGE)
+            except DockerNotFound:
+                pytest.skip(f"test image {TEST_IMAGE} missing: run scripts/build-test-image.sh")
         yield client
 
 

@@ -24,6 +24,7 @@ from fractal_hostd.containers.registry import ContainerRegistry
 from fractal_hostd.docker.client import DockerClient, DockerNotFound
 from fractal_hostd.docker.events import run_event_stream
 from fractal_hostd.hoststate import DockerStatus
+from tests.docker_fixtures import real_client_with_test_image
 from tests.fakes.unix_proxy import UnixProxy, running_unix_proxy
 
 pytestmark = pytest.mark.docker
@@ -64,11 +65,7 @@ class Containers:
 
 @pytest.fixture
 async def real_client(docker_socket: Path) -> AsyncIterator[DockerClient]:
-    async with DockerClient(str(docker_socket)) as client:
-        try:
-            await client.inspect_image(IMAGE)
-        except DockerNotFound:
-            pytest.skip(f"test image {IMAGE} missing (built by .ci/run; see CONVENTIONS.md)")
+    async with real_client_with_test_image(docker_socket) as client:
         yield client
 
 
