@@ -12,8 +12,7 @@ from __future__ import annotations
 import errno
 import json
 import os
-import subprocess
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,9 @@ from fractal_hostd.containers.lifecycle import (
 )
 from tests.api_fixtures import AUTH, container_id, make_api
 from tests.containers_fixtures import cid, dir_files, running
+from tests.mount_fixtures import read_only_root, small_tmpfs
+
+__all__ = ["read_only_root", "small_tmpfs"]  # fixtures
 
 PORT = 40001
 
@@ -366,37 +368,6 @@ async def test_start_values_for_a_container_without_tty_are_406(tmp_path: Path) 
 
 
 # --- the real thing: a full tmpfs and a read-only bind (root only) --------------------
-
-
-def _mount(*args: str) -> bool:
-    done = subprocess.run(["mount", *args], capture_output=True, check=False, timeout=10)
-    return done.returncode == 0
-
-
-@pytest.fixture
-def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
-    path = tmp_path / "fractal"
-    path.mkdir()
-    if os.geteuid() != 0 or not _mount("-t", "tmpfs", "-o", "size=64k", "tmpfs", str(path)):
-        pytest.skip("mounting a tmpfs is not permitted here")
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], check=False, timeout=10)
-
-
-@pytest.fixture
-def read_only_root(tmp_path: Path) -> Iterator[Path]:
-    path = tmp_path / "fractal"
-    path.mkdir()
-    if os.geteuid() != 0 or not _mount("--bind", str(path), str(path)):
-        pytest.skip("bind mounts are not permitted here")
-    try:
-        if not _mount("-o", "remount,bind,ro", str(path)):
-            pytest.skip("read-only remounts are not permitted here")
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], check=False, timeout=10)
 
 
 def _fill(directory: Path) -> Path:
