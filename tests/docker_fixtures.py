@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -12,6 +13,9 @@ import pytest
 import trio
 
 from fractal_hostd.docker.client import DockerClient, DockerNotFound
+from fractal_hostd.docker.events import Lifecycle, run_event_stream
+from fractal_hostd.docker.fanout import EventFanout
+from fractal_hostd.hoststate import DockerStatus
 from tests.conftest import TEST_IMAGE
 from tests.fakes.docker_engine import FakeDockerEngine, running_fake_docker
 
@@ -41,6 +45,36 @@ async def real_client_with_test_image(docker_socket: Path) -> AsyncIterator[Dock
             except DockerNotFound:
                 pytest.skip(f"test image {TEST_IMAGE} missing: run scripts/build-test-image.sh")
         yield client
+
+
+@asynccontextmanager
+async def event_stream_running(
+    client: DockerClient,
+    lifecycle: Lifecycle,
+    status: DockerStatus,
+    *,
+    unreachable_budget: float,
+    reconcile_interval: float = 300.0,
+    reconcile_jitter: float = 30.0,
+    fanout: EventFanout | None = None,
+) -> AsyncIterator[trio.Nursery]:
+    """`run_event_stream` for the block, entered once it has started (subscribed and
+    adopted); cancelled at the end of the block."""
+    async with trio.open_nursery() as nursery:
+        await nursery.start(
+            functools.partial(
+                run_event_stream,
+                client,
+                lifecycle,
+                status=status,
+                unreachable_budget=unreachable_budget,
+                reconcile_interval=reconcile_interval,
+                reconcile_jitter=reconcile_jitter,
+                fanout=fanout,
+            )
+        )
+        yield nursery
+        nursery.cancel_scope.cancel()
 
 
 class EmptyStream(httpx.AsyncByteStream):

@@ -30,7 +30,7 @@ from fractal_hostd.docker.events import (
 )
 from fractal_hostd.docker.fanout import EventFanout
 from fractal_hostd.hoststate import DockerStatus
-from tests.docker_fixtures import EmptyStream, fake_client, fake_docker
+from tests.docker_fixtures import EmptyStream, event_stream_running, fake_client, fake_docker
 from tests.fakes.docker_engine import FakeDockerEngine
 
 __all__ = ["fake_client", "fake_docker"]
@@ -93,20 +93,15 @@ async def event_stream(
     reconcile_interval: float = 300.0,
     fanout: EventFanout | None = None,
 ) -> AsyncIterator[trio.Nursery]:
-    async with trio.open_nursery() as nursery:
-        await nursery.start(
-            functools.partial(
-                run_event_stream,
-                client,
-                lifecycle,
-                status=status,
-                unreachable_budget=unreachable_budget,
-                reconcile_interval=reconcile_interval,
-                fanout=fanout,
-            )
-        )
+    async with event_stream_running(
+        client,
+        lifecycle,
+        status,
+        unreachable_budget=unreachable_budget,
+        reconcile_interval=reconcile_interval,
+        fanout=fanout,
+    ) as nursery:
         yield nursery
-        nursery.cancel_scope.cancel()
 
 
 async def wait_for(predicate: Callable[[], bool], step: float = 0.005) -> None:
