@@ -53,7 +53,7 @@ async def event_stream_running(
     lifecycle: Lifecycle,
     status: DockerStatus,
     *,
-    unreachable_budget: float,
+    unreachable_budget: float = 120.0,
     reconcile_interval: float = 300.0,
     reconcile_jitter: float = 30.0,
     fanout: EventFanout | None = None,
