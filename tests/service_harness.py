@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -18,6 +19,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import trio
 
 from tests.fakes.docker_engine import FakeDockerEngine, running_fake_docker
@@ -147,4 +149,17 @@ def run_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]
         text=True,
         timeout=60,
         check=False,
+    )
+
+
+def api_client(tmp_path: Path, timeout: float) -> httpx.AsyncClient:
+    """A client of the running service's API as its callers reach it: the URL it wrote into
+    its private directory (by the name its certificate holds, localhost), that certificate
+    verified, the webserver's bearer secret sent."""
+    private = tmp_path / "private"
+    return httpx.AsyncClient(
+        base_url=(private / "api_url").read_text().strip().replace("127.0.0.1", "localhost"),
+        verify=ssl.create_default_context(cafile=private / "cert.pem"),
+        headers={"Authorization": f"Bearer {AUTH_SECRET}"},
+        timeout=timeout,
     )

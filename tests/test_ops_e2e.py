@@ -5,14 +5,12 @@ are generous `fail_after`s, never speed assertions.
 
 from __future__ import annotations
 
-import ssl
 import subprocess
 from pathlib import Path
 
-import httpx
 import trio
 
-from tests.service_harness import AUTH_SECRET, run_cli, started_service
+from tests.service_harness import api_client, run_cli, started_service
 
 START_BOUND = 60
 EXIT_BOUND = 30
@@ -20,15 +18,12 @@ EXIT_BOUND = 30
 
 async def test_operator_drain_through_the_cli_drains_like_a_spot_notice(tmp_path: Path) -> None:
     async with started_service(tmp_path, START_BOUND) as (peers, service):
-        private = tmp_path / "private"
-        url = (private / "api_url").read_text().strip().replace("127.0.0.1", "localhost")
-        context = ssl.create_default_context(cafile=private / "cert.pem")
-        async with httpx.AsyncClient(verify=context, timeout=15) as client:
+        async with api_client(tmp_path, timeout=15) as client:
             with trio.fail_after(START_BOUND):
-                ready = await client.get(f"{url}/ready")
+                ready = await client.get("/ready")
                 while ready.status_code != 200:  # READY=1 and the flag are microseconds apart
                     await trio.sleep(0.05)
-                    ready = await client.get(f"{url}/ready")
+                    ready = await client.get("/ready")
             assert ready.json()["checks"]["docker_connected"] is True
 
             def drain(*extra: str) -> subprocess.CompletedProcess[str]:
@@ -46,11 +41,10 @@ async def test_operator_drain_through_the_cli_drains_like_a_spot_notice(tmp_path
             assert "(it already was)" in second.stdout
             assert len([hb for hb in peers.webserver.heartbeats if hb["IsDraining"]]) == 1
 
-            not_ready = await client.get(f"{url}/ready")
+            not_ready = await client.get("/ready")
             assert not_ready.status_code == 503
             assert not_ready.json()["failing"] == ["draining"]
-            auth = {"Authorization": f"Bearer {AUTH_SECRET}"}
-            status = (await client.get(f"{url}/status", headers=auth)).json()
+            status = (await client.get("/status")).json()
             assert status["draining"]["kind"] == "operator"
             assert status["draining"]["reason"] == "rolling kernel update"
         service.send_signal()

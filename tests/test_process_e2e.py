@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import signal
-import ssl
 import time
 from pathlib import Path
 
@@ -19,8 +18,8 @@ import trio
 
 from fractal_hostd.process import early_signals
 from tests.service_harness import (
-    AUTH_SECRET,
     ServiceProcess,
+    api_client,
     run_cli,
     running_peers,
     running_service,
@@ -270,17 +269,11 @@ async def test_crash_with_every_peer_stuck_measures_the_real_stop(tmp_path: Path
         async with running_service(tmp_path, env, argv) as service:
             await _ready(service)
             peers.webserver.heartbeat_blackhole = True
-            url = (tmp_path / "private" / "api_url").read_text().strip()
-            context = ssl.create_default_context(cafile=tmp_path / "private" / "cert.pem")
 
             async def held_request() -> None:
-                async with httpx.AsyncClient(verify=context, timeout=60) as client:
+                async with api_client(tmp_path, timeout=60) as client:
                     with contextlib.suppress(httpx.HTTPError):
-                        await client.put(
-                            f"{url.replace('127.0.0.1', 'localhost')}/set_container_dpi",
-                            json={"host_port": 4999, "dpi": 96},
-                            headers={"Authorization": f"Bearer {AUTH_SECRET}"},
-                        )
+                        await client.put("/set_container_dpi", json={"host_port": 4999, "dpi": 96})
 
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(held_request)
