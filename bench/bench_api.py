@@ -26,10 +26,11 @@ import secrets
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from bench_common import results_header, write_results
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results" / "api.json"
@@ -106,10 +107,21 @@ def _ms(value: str, unit: str) -> float:
 @contextlib.contextmanager
 def _server(workdir: Path, secret: str, log_level: str) -> Iterator[tuple[str, int]]:
     """The API in a child process (its log in workdir/server.log); yields its URL and pid."""
+    argv = [__file__, "--serve", str(workdir), "--log-level", log_level]
+    with server_process(argv, workdir, secret, wait_s=10) as (url, pid):
+        yield url, pid
+
+
+@contextlib.contextmanager
+def server_process(
+    argv: list[str], workdir: Path, secret: str, wait_s: float
+) -> Iterator[tuple[str, int]]:
+    """`python argv` as a server (its log in workdir/server.log) that prints its URL on
+    stdout and exits when its stdin closes; yields that URL and its pid."""
     workdir.mkdir(parents=True, exist_ok=True)
     with (workdir / "server.log").open("w") as log:
         server = subprocess.Popen(
-            [sys.executable, __file__, "--serve", str(workdir), "--log-level", log_level],
+            [sys.executable, *argv],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=log,
@@ -121,11 +133,11 @@ def _server(workdir: Path, secret: str, log_level: str) -> Iterator[tuple[str, i
         try:
             url = server.stdout.readline().strip()
             if not url.startswith("https://"):
-                raise RuntimeError(f"server did not start:\n{(workdir / 'server.log').read_text()}")
+                raise RuntimeError(f"{argv} did not start:\n{(workdir / 'server.log').read_text()}")
             yield url, server.pid
         finally:
             server.stdin.close()
-            server.wait(timeout=10)
+            server.wait(timeout=wait_s)
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -199,25 +211,18 @@ def main() -> int:
             flush=True,
         )
     headline = results["set_dpi_tmpfs"]["loaded"]
-    with open("/proc/loadavg") as loadavg:
-        load = loadavg.read().split()[:3]
     result = {
-        "benchmark": "HTTPS API over TLS, keep-alive, wrk (bench/bench_api.py)",
-        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": {
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "load_average_after": load,
-        },
+        **results_header(
+            "HTTPS API over TLS, keep-alive, wrk (bench/bench_api.py)",
+            python=platform.python_version(),
+        ),
         "server_log_level": args.log_level,
         "scenarios": results,
         "targets": {"requests_per_s": TARGET_RPS, "p99_ms": TARGET_P99_MS},
         "meets_targets": headline["requests_per_s"] >= TARGET_RPS
         and headline["p99_ms"] <= TARGET_P99_MS,
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"written to {RESULTS.relative_to(REPO)}")
+    write_results(RESULTS, result)
     return 0
 
 

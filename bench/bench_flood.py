@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import ssl
 import sys
 import tempfile
@@ -32,6 +31,9 @@ import trio
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+from bench_common import results_header, write_results  # noqa: E402
 
 from tests.service_harness import (  # noqa: E402
     AUTH_SECRET,
@@ -183,18 +185,12 @@ def main() -> int:
     parser.add_argument("--after", type=float, default=30.0)
     args = parser.parse_args()
     scenarios = trio.run(run, args)
-    with open("/proc/loadavg") as loadavg:
-        load = loadavg.read().split()[:3]
     result = {
-        "benchmark": "connection flood against the real service (bench/bench_flood.py)",
-        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": {"cpus": os.cpu_count(), "load_average_after": load},
+        **results_header("connection flood against the real service (bench/bench_flood.py)"),
         "goal": f"RSS back to at most {GOAL_RATIO}x the baseline within 30 s",
         "scenarios": scenarios,
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"written to {RESULTS.relative_to(REPO)}")
+    write_results(RESULTS, result)
     return 0
 
 

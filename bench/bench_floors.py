@@ -24,14 +24,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import secrets
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +35,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from bench_api import HOST_PORT, SECRET_ENV, _cpu_seconds, _lua, _wrk  # noqa: E402
+from bench_api import HOST_PORT, _cpu_seconds, _lua, _wrk, server_process  # noqa: E402
+from bench_common import results_header, write_results  # noqa: E402
 
 RESULTS = REPO / "bench" / "results" / "floors.json"
 SERVERS = ("service", "quart_trio", "hypercorn_raw")
@@ -124,30 +121,6 @@ def serve_floor(kind: str, workdir: Path) -> None:
     trio.run(main)
 
 
-@contextlib.contextmanager
-def _process(argv: list[str], workdir: Path, secret: str) -> Iterator[tuple[str, int]]:
-    workdir.mkdir(parents=True, exist_ok=True)
-    with (workdir / "server.log").open("w") as log:
-        server = subprocess.Popen(
-            [sys.executable, *argv],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=log,
-            text=True,
-            env={**os.environ, SECRET_ENV: secret},
-        )
-        assert server.stdin is not None
-        assert server.stdout is not None
-        try:
-            url = server.stdout.readline().strip()
-            if not url.startswith("https://"):
-                raise RuntimeError(f"{argv} did not start:\n{(workdir / 'server.log').read_text()}")
-            yield url, server.pid
-        finally:
-            server.stdin.close()
-            server.wait(timeout=15)
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--serve-floor", nargs=2, metavar=("KIND", "DIR"), help=argparse.SUPPRESS)
@@ -181,18 +154,20 @@ def main() -> int:
         }
         servers = {
             "service": stack.enter_context(
-                _process(
+                server_process(
                     [str(REPO / "bench" / "bench_api.py"), "--serve", str(workdir / "service")],
                     workdir / "service",
                     secret,
+                    wait_s=15,
                 )
             ),
             **{
                 kind: stack.enter_context(
-                    _process(
+                    server_process(
                         [__file__, "--serve-floor", kind, str(workdir / kind)],
                         workdir / kind,
                         secret,
+                        wait_s=15,
                     )
                 )
                 for kind in ("quart_trio", "hypercorn_raw")
@@ -248,23 +223,19 @@ def main() -> int:
         goal = GOALS[name]
         ratios[name]["goal_vs_quart_trio"] = goal
         ratios[name]["meets_goal"] = ratios[name]["vs_quart_trio"]["requests_per_s"] >= goal
-    with open("/proc/loadavg") as loadavg:
-        load = loadavg.read().split()[:3]
     result = {
-        "benchmark": "the API against a bare quart-trio app and a raw hypercorn app, same TLS "
-        "(bench/bench_floors.py)",
-        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": {"cpus": os.cpu_count(), "load_average_after": load},
+        **results_header(
+            "the API against a bare quart-trio app and a raw hypercorn app, same TLS "
+            "(bench/bench_floors.py)"
+        ),
         "rounds": args.rounds,
         "wrk": {"threads": 2, "connections": args.connections, "duration_s": args.duration},
         "ratios": ratios,
         "runs": runs,
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
     for name, ratio in ratios.items():
         print(f"{name}: {json.dumps(ratio)}")
-    print(f"written to {RESULTS.relative_to(REPO)}")
+    write_results(RESULTS, result)
     return 0
 
 

@@ -18,12 +18,10 @@ import argparse
 import functools
 import gc
 import json
-import os
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +31,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
+from bench_common import results_header, write_results  # noqa: E402
 from bench_docker import TimedLifecycle, fake_engine_process, percentile, stream  # noqa: E402
 
 from fractal_hostd.api.app import create_app  # noqa: E402
@@ -171,18 +170,15 @@ def main() -> int:
     sys.stderr = log  # the JSON log lines at info, as in production, to a file
     setup_logging(fmt="json", level="info")
     measured = trio.run(run, args)
-    with open("/proc/loadavg") as loadavg:
-        load = loadavg.read().split()[:3]
     result = {
-        "benchmark": "start -> files on the fake engine, idle vs a 50-connection /health load "
-        "in the same loop (bench/bench_priority.py)",
-        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": {"cpus": os.cpu_count(), "load_average_after": load},
+        **results_header(
+            "start -> files on the fake engine, idle vs a 50-connection /health load "
+            "in the same loop (bench/bench_priority.py)"
+        ),
         **measured,
     }
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(measured["load_to_idle"]))
-    print(f"written to {RESULTS.relative_to(REPO)}")
+    write_results(RESULTS, result)
     return 0
 
 

@@ -32,6 +32,9 @@ import trio
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+from bench_common import results_header, write_results  # noqa: E402
 
 from tests.service_harness import running_peers, service_env  # noqa: E402
 
@@ -135,19 +138,15 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
     measured = trio.run(run, args.rounds)
-    with open("/proc/loadavg") as loadavg:
-        load = loadavg.read().split()[:3]
     result = {
-        "benchmark": "exec -> READY and idle RSS, service vs bare imports (bench/bench_startup.py)",
-        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": {"cpus": os.cpu_count(), "load_average_after": load},
+        **results_header(
+            "exec -> READY and idle RSS, service vs bare imports (bench/bench_startup.py)"
+        ),
         "goals": {"exec_to_ready_s": 1.05, "idle_rss_mb": 1.3},
         **measured,
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(measured["ratios_service_to_bare"]))
-    print(f"written to {RESULTS.relative_to(REPO)}")
+    write_results(RESULTS, result)
     return 0
 
 

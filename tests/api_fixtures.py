@@ -183,9 +183,10 @@ async def running_api(
     api: Api | None = None,
     max_connections: int = 256,
     request_slots: int = 1,
+    bind: str = "127.0.0.1:0",
     **api_args: float,
 ) -> AsyncIterator[Running]:
-    """The app served over TLS by hypercorn on 127.0.0.1:0; stopped (drained) on exit."""
+    """The app served over TLS by hypercorn on `bind`; stopped (drained) on exit."""
     api = api or make_api(tmp_path, **api_args)  # type: ignore[arg-type]
     tls = generate_certificate(tmp_path / "private")
     stop = trio.Event()
@@ -194,7 +195,7 @@ async def running_api(
             functools.partial(
                 serve_api,
                 api.app,
-                bind="127.0.0.1:0",
+                bind=bind,
                 certfile=tls.certfile,
                 keyfile=tls.keyfile,
                 shutdown_trigger=stop.wait,
@@ -206,6 +207,18 @@ async def running_api(
         )
         yield Running(api, url, tls, stop)
         stop.set()
+
+
+async def cli_against_api(
+    tmp_path: Path, main: Callable[..., int], bound: float, **cli_args: Any
+) -> int:
+    """`main(url=<a running API's URL>, **cli_args)`, a command-line entry point, run in a
+    thread (it blocks) against a fresh API; its exit code. The whole bounded by `bound`."""
+    with trio.fail_after(bound):
+        async with running_api(tmp_path) as running:
+            return await trio.to_thread.run_sync(
+                functools.partial(main, url=running.url, **cli_args)
+            )
 
 
 def tls_client(running: Running) -> httpx.AsyncClient:

@@ -141,8 +141,9 @@ async def mount(
     token: OAuthToken = TOKEN,
     client_id: str | None = CLIENT_ID,
     client_secret: str | None = CLIENT_SECRET,
+    bound: float = LIMIT,
 ) -> Path:
-    with trio.fail_after(LIMIT):
+    with trio.fail_after(bound):
         return await storage.mount(
             host_port=host_port,
             container_id=container_id,

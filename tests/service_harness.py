@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import ssl
+import subprocess
 import sys
 import tempfile
 import time
@@ -17,6 +19,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import trio
 
 from tests.fakes.docker_engine import FakeDockerEngine, running_fake_docker
@@ -86,6 +89,7 @@ class ServiceProcess:
     process: trio.Process
     log_path: Path
     exec_at: float  # time.monotonic() just before exec
+    env: dict[str, str]
 
     def logs(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -112,9 +116,50 @@ async def running_service(
             [sys.executable, *argv], env=env, cwd=REPO, stdout=log, stderr=log
         )
     try:
-        yield ServiceProcess(process, log_path, exec_at)
+        yield ServiceProcess(process, log_path, exec_at, env)
     finally:
         if process.returncode is None:
             process.kill()
             with trio.move_on_after(10, shield=True):
                 await process.wait()
+
+
+@asynccontextmanager
+async def started_service(
+    tmp_path: Path, start_bound: float = 60, **extra: str
+) -> AsyncIterator[tuple[Peers, ServiceProcess]]:
+    """The service against fresh peers (`service_env` plus `extra`), yielded once start-up is
+    done: the webserver has its first heartbeat."""
+    async with (
+        running_peers(tmp_path) as peers,
+        running_service(tmp_path, service_env(tmp_path, peers, **extra)) as service,
+    ):
+        with trio.fail_after(start_bound):
+            await peers.webserver.wait_for_heartbeats(1)
+        yield peers, service
+
+
+def run_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """`python -m fractal_hostd ARGS` in `env`, its output captured (bounded: 60 s)."""
+    return subprocess.run(
+        [sys.executable, "-m", "fractal_hostd", *args],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def api_client(tmp_path: Path, timeout: float) -> httpx.AsyncClient:
+    """A client of the running service's API as its callers reach it: the URL it wrote into
+    its private directory (by the name its certificate holds, localhost), that certificate
+    verified, the webserver's bearer secret sent."""
+    private = tmp_path / "private"
+    return httpx.AsyncClient(
+        base_url=(private / "api_url").read_text().strip().replace("127.0.0.1", "localhost"),
+        verify=ssl.create_default_context(cafile=private / "cert.pem"),
+        headers={"Authorization": f"Bearer {AUTH_SECRET}"},
+        timeout=timeout,
+    )

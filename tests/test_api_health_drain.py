@@ -7,7 +7,6 @@ ages use autojump_clock, so the thresholds are asserted in virtual time.
 from __future__ import annotations
 
 import datetime as dt
-import functools
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,10 +21,9 @@ from fractal_hostd.containers.info import ContainerInfo
 from fractal_hostd.containers.lifecycle import ContainerLifecycle, run_inline
 from fractal_hostd.containers.registry import ContainerRegistry
 from fractal_hostd.docker.client import DockerClient
-from fractal_hostd.docker.events import run_event_stream
 from fractal_hostd.hoststate import DockerStatus, DrainNotice
 from tests.api_fixtures import AUTH, MOUNT_BODY, PORT, Api, make_api
-from tests.docker_fixtures import fake_client, fake_docker
+from tests.docker_fixtures import event_stream_running, fake_client, fake_docker
 from tests.fakes.docker_engine import FakeDockerEngine
 
 __all__ = ["fake_client", "fake_docker"]
@@ -217,18 +215,14 @@ async def test_the_event_stream_records_reconciles_lag_and_failures(
     )
     status = DockerStatus()
     with trio.fail_after(400):
-        async with trio.open_nursery() as nursery:
-            await nursery.start(
-                functools.partial(
-                    run_event_stream,
-                    fake_client,
-                    lifecycle,
-                    status=status,
-                    unreachable_budget=120.0,
-                    reconcile_interval=100.0,
-                    reconcile_jitter=0.0,
-                )
-            )
+        async with event_stream_running(
+            fake_client,
+            lifecycle,
+            status,
+            unreachable_budget=120.0,
+            reconcile_interval=100.0,
+            reconcile_jitter=0.0,
+        ):
             assert status.last_reconcile_at == trio.current_time()  # the adoption
             assert status.last_reconcile_unix is not None
             first = status.last_reconcile_at
@@ -239,7 +233,6 @@ async def test_the_event_stream_records_reconciles_lag_and_failures(
             await trio.sleep(150)  # the periodic reconcile at 100 s fails
             assert status.reconcile_failures == 1
             assert status.last_reconcile_at == first
-            nursery.cancel_scope.cancel()
 
 
 async def test_a_drain_hook_that_hangs_is_cut_short_and_the_drain_stands(

@@ -21,10 +21,10 @@ from hypercorn.typing import (
     Scope,
 )
 
-from fractal_hostd.api.server import _ShieldedSend, hypercorn_config, serve_api
+from fractal_hostd.api.server import _ShieldedSend, hypercorn_config
 from fractal_hostd.api.tls import generate_certificate
 from fractal_hostd.containers.registry import ContainerRecord
-from tests.api_fixtures import AUTH, Running, make_api, running_api, tls_client
+from tests.api_fixtures import AUTH, Running, running_api, tls_client
 
 TIMEOUT = 10
 
@@ -267,26 +267,11 @@ def _has_ipv6_loopback() -> bool:
 
 @pytest.mark.skipif(not _has_ipv6_loopback(), reason="no IPv6 loopback on this machine")
 async def test_ipv6_bind_reports_a_bracketed_url(tmp_path: Path) -> None:
-    api = make_api(tmp_path)
-    tls = generate_certificate(tmp_path / "private")
-    stop = trio.Event()
     with trio.fail_after(TIMEOUT):
-        async with trio.open_nursery() as nursery:
-            url = await nursery.start(
-                functools.partial(
-                    serve_api,
-                    api.app,
-                    bind="[::1]:0",
-                    certfile=tls.certfile,
-                    keyfile=tls.keyfile,
-                    shutdown_trigger=stop.wait,
-                )
-            )
-            assert url.startswith("https://[::1]:")
-            context = ssl.create_default_context(cafile=str(tls.certfile))
-            async with httpx.AsyncClient(base_url=url, verify=context) as client:
+        async with running_api(tmp_path, bind="[::1]:0") as running:
+            assert running.url.startswith("https://[::1]:")
+            async with tls_client(running) as client:
                 assert (await client.get("/health")).status_code == 200
-            stop.set()
 
 
 async def _tls_connection(running: Running) -> trio.SSLStream[trio.SocketStream]:

@@ -14,7 +14,7 @@ import pytest
 import trio
 
 from fractal_hostd.status_cli import format_status, status_main
-from tests.api_fixtures import SECRET, make_api, running_api
+from tests.api_fixtures import SECRET, cli_against_api, make_api, running_api
 
 TIMEOUT = 10
 
@@ -71,11 +71,7 @@ def test_a_stopped_service_is_named_with_how_to_start_it(
 async def test_missing_secret_of_a_running_service_is_exit_1(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    with trio.fail_after(TIMEOUT):
-        async with running_api(tmp_path) as running:
-            code = await trio.to_thread.run_sync(
-                functools.partial(status_main, url=running.url, secret="")
-            )
+    code = await cli_against_api(tmp_path, status_main, TIMEOUT, secret="")
     assert code == 1
     assert "no API secret found" in capsys.readouterr().err
 

@@ -9,15 +9,19 @@ from __future__ import annotations
 
 import os
 import socket
-import ssl
 import tempfile
 from pathlib import Path
 
-import httpx
 import trio
 
 from tests.cloud_storage_fixtures import FakeTools
-from tests.service_harness import AUTH_SECRET, running_peers, running_service, service_env
+from tests.service_harness import (
+    AUTH_SECRET,
+    api_client,
+    running_peers,
+    running_service,
+    service_env,
+)
 
 START_BOUND = 60
 EXIT_BOUND = 30
@@ -51,14 +55,9 @@ async def test_rclone_started_by_the_service_gets_no_secret(tmp_path: Path) -> N
                 container_id = peers.docker.run(name="fhtest-e2e-env")
                 ports = peers.docker.containers[container_id].ports
                 host_port = int(ports["32262/tcp"][0]["HostPort"])
-                private = tmp_path / "private"
-                url = (private / "api_url").read_text().strip().replace("127.0.0.1", "localhost")
-                context = ssl.create_default_context(cafile=private / "cert.pem")
-                async with httpx.AsyncClient(verify=context, timeout=30) as client:
+                async with api_client(tmp_path, timeout=30) as client:
                     answer = await client.post(
-                        f"{url}/mount_cloud_storage",
-                        json={**MOUNT_BODY, "host_port": host_port},
-                        headers={"Authorization": f"Bearer {AUTH_SECRET}"},
+                        "/mount_cloud_storage", json={**MOUNT_BODY, "host_port": host_port}
                     )
                 assert answer.status_code == 406, answer.text
                 assert "fake rclone: refusing" in answer.text

@@ -98,13 +98,19 @@ def test_version_and_help(capsys: pytest.CaptureFixture[str]) -> None:
     assert "FRACTAL_HEARTBEAT_INTERVAL" in out
 
 
-def test_check_reports_unreachable_docker_and_exits_1(tmp_path: Path) -> None:
-    result = run_cli(
+def run_check(tmp_path: Path, docker_socket: Path) -> subprocess.CompletedProcess[str]:
+    """`fractal-hostd check` against the Docker at `docker_socket`, its directories in
+    tmp_path."""
+    return run_cli(
         "check",
-        DOCKER_HOST=f"unix://{tmp_path}/no-docker.sock",
+        DOCKER_HOST=f"unix://{docker_socket}",
         FRACTAL_ROOT=str(tmp_path / "root"),
         FRACTAL_PRIVATE_DIR=str(tmp_path / "private"),
     )
+
+
+def test_check_reports_unreachable_docker_and_exits_1(tmp_path: Path) -> None:
+    result = run_check(tmp_path, docker_socket=tmp_path / "no-docker.sock")
     assert result.returncode == 1, result.stdout + result.stderr
     assert "FAIL  docker" in result.stdout
     assert "no-docker.sock" in result.stdout
@@ -112,12 +118,7 @@ def test_check_reports_unreachable_docker_and_exits_1(tmp_path: Path) -> None:
 
 
 def test_check_on_a_ready_host_exits_0(tmp_path: Path, docker_socket: Path) -> None:
-    result = run_cli(
-        "check",
-        DOCKER_HOST=f"unix://{docker_socket}",
-        FRACTAL_ROOT=str(tmp_path / "root"),
-        FRACTAL_PRIVATE_DIR=str(tmp_path / "private"),
-    )
+    result = run_check(tmp_path, docker_socket=docker_socket)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "OK    docker" in result.stdout
     assert "ready" in result.stdout

@@ -515,6 +515,14 @@ def mark_upload_pending(
     return meta
 
 
+async def upload_finishes_after(delay: float, tools: FakeTools, cache_dir: Path) -> None:
+    """The pending upload of `mark_upload_pending` ends after `delay`; nothing is unmounted
+    before."""
+    await trio.sleep(delay)
+    assert tools.calls("fusermount3") == []  # still waiting
+    mark_upload_pending(cache_dir, "google_drive", dirty=False)
+
+
 @pytest.mark.parametrize(
     "metadata",
     [None, "", '{"ModTime": "2026-'],
@@ -532,14 +540,9 @@ async def test_unmount_waits_for_pending_uploads(
     await mount(storage)
     meta = mark_upload_pending(cache_dir, "google_drive", content=metadata)
 
-    async def upload_finishes() -> None:
-        await trio.sleep(0.3)
-        assert tools.calls("fusermount3") == []  # still waiting
-        mark_upload_pending(cache_dir, "google_drive", dirty=False)
-
     with trio.fail_after(LIMIT):
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(upload_finishes)
+            nursery.start_soon(upload_finishes_after, 0.3, tools, cache_dir)
             await storage.unmount_container(PORT)
 
     assert len(tools.calls("fusermount3")) == 1
@@ -612,14 +615,9 @@ async def test_unmount_all_lets_pending_uploads_finish_within_its_budget(
     await mount(storage)
     meta = mark_upload_pending(cache_dir, "google_drive")
 
-    async def upload_finishes() -> None:
-        await trio.sleep(0.5)
-        assert tools.calls("fusermount3") == []  # still waiting
-        mark_upload_pending(cache_dir, "google_drive", dirty=False)
-
     with trio.fail_after(LIMIT):
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(upload_finishes)
+            nursery.start_soon(upload_finishes_after, 0.5, tools, cache_dir)
             with trio.move_on_after(4.0):  # the supervisor's budget
                 await storage.unmount_all()
 

@@ -40,6 +40,7 @@ from tests.cloud_storage_fixtures import (
     config_dir,
     root,
 )
+from tests.cloud_storage_fixtures import mount as fixtures_mount
 
 __all__ = ["config_dir", "root"]  # fixtures
 
@@ -85,14 +86,8 @@ async def storage(root: Path, config_dir: Path, backend_dir: Path) -> AsyncItera
 
 
 async def mount(storage: CloudStorage, provider: str = "google_drive") -> Path:
-    return await storage.mount(
-        host_port=PORT,
-        container_id=CONTAINER_ID,
-        provider=provider,
-        token=TOKEN,
-        client_id=CLIENT_ID,
-        client_secret=CLIENT_SECRET,
-    )
+    """The shared test mount, with the longer bound of a real FUSE mount."""
+    return await fixtures_mount(storage, provider, bound=LIMIT)
 
 
 async def wait_for_file(path: Path, content: str) -> None:

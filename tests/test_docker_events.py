@@ -30,7 +30,7 @@ from fractal_hostd.docker.events import (
 )
 from fractal_hostd.docker.fanout import EventFanout
 from fractal_hostd.hoststate import DockerStatus
-from tests.docker_fixtures import EmptyStream, fake_client, fake_docker
+from tests.docker_fixtures import EmptyStream, event_stream_running, fake_client, fake_docker
 from tests.fakes.docker_engine import FakeDockerEngine
 
 __all__ = ["fake_client", "fake_docker"]
@@ -83,32 +83,6 @@ def lifecycle(tmp_path: Path) -> RecordingLifecycle:
     return RecordingLifecycle(tmp_path / "containerResourceMappings")
 
 
-@asynccontextmanager
-async def event_stream(
-    client: DockerClient,
-    lifecycle: RecordingLifecycle,
-    status: DockerStatus,
-    *,
-    unreachable_budget: float = 120.0,
-    reconcile_interval: float = 300.0,
-    fanout: EventFanout | None = None,
-) -> AsyncIterator[trio.Nursery]:
-    async with trio.open_nursery() as nursery:
-        await nursery.start(
-            functools.partial(
-                run_event_stream,
-                client,
-                lifecycle,
-                status=status,
-                unreachable_budget=unreachable_budget,
-                reconcile_interval=reconcile_interval,
-                fanout=fanout,
-            )
-        )
-        yield nursery
-        nursery.cancel_scope.cancel()
-
-
 async def wait_for(predicate: Callable[[], bool], step: float = 0.005) -> None:
     while not predicate():
         await trio.sleep(step)
@@ -128,7 +102,7 @@ async def streaming(
     tests' absolute bound; virtual seconds under the autojump clock); yields its status."""
     status = DockerStatus()
     with trio.fail_after(bound):
-        async with event_stream(
+        async with event_stream_running(
             client,
             lifecycle,
             status,
@@ -405,7 +379,7 @@ async def test_a_container_gone_between_list_and_inspect_is_left_out(
     staying = fake_docker.run("fhtest-staying")
     fake_docker.fail(rf"GET /containers/{vanishing}/json", 404, times=1)
     with trio.fail_after(10):
-        async with event_stream(fake_client, lifecycle, DockerStatus()):
+        async with event_stream_running(fake_client, lifecycle, DockerStatus()):
             pass
     assert lifecycle.calls[0] == ("adopt", staying)
 
@@ -595,7 +569,7 @@ async def test_a_paused_container_is_adopted_with_its_tty_and_files_after_a_rest
 ) -> None:
     first = RecordingLifecycle(tmp_path / "containerResourceMappings")
     with trio.fail_after(10):
-        async with event_stream(fake_client, first, DockerStatus()):
+        async with event_stream_running(fake_client, first, DockerStatus()):
             fake_docker.run("fhtest-low")  # holds tty 10, so the paused one is not the lowest
             paused = fake_docker.run("fhtest-paused")
             await wait_for(lambda: first.tty(paused) is not None)
@@ -608,7 +582,7 @@ async def test_a_paused_container_is_adopted_with_its_tty_and_files_after_a_rest
         assert before["DPI"] == "96"
         restarted = RecordingLifecycle(first.mappings)
         status = DockerStatus()
-        async with event_stream(fake_client, restarted, status):
+        async with event_stream_running(fake_client, restarted, status):
             assert files(restarted, paused) == before
             fake_docker.unpause(paused)
             newcomer = fake_docker.run("fhtest-newcomer")
@@ -675,7 +649,7 @@ async def test_the_periodic_reconcile_does_not_hold_new_events(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     with trio.fail_after(400):
-        async with event_stream(fake_client, lifecycle, DockerStatus()):
+        async with event_stream_running(fake_client, lifecycle, DockerStatus()):
             first = await run_managed(fake_docker, lifecycle, "fhtest-first")
             gate = fake_docker.hold(r"^GET /containers/json$")  # the listing comes back late
             await wait_for(lambda: fake_docker.requests.count("GET /containers/json") == 2, 1.0)
@@ -698,7 +672,7 @@ async def test_an_event_newer_than_the_reconciles_inspect_wins(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     with trio.fail_after(400):
-        async with event_stream(fake_client, lifecycle, DockerStatus()):
+        async with event_stream_running(fake_client, lifecycle, DockerStatus()):
             fake_docker.silent = True
             victim = fake_docker.run("fhtest-victim")  # its start is missed: unknown to us
             fake_docker.silent = False
@@ -725,7 +699,7 @@ async def test_a_steady_reconcile_is_one_listing(
 ) -> None:
     containers = [fake_docker.run() for _ in range(10)]
     with trio.fail_after(400):
-        async with event_stream(fake_client, lifecycle, DockerStatus()):
+        async with event_stream_running(fake_client, lifecycle, DockerStatus()):
             before = len(fake_docker.requests)
             await wait_for(lambda: lifecycle.calls[-1][0] == "reconciled", step=1.0)
     # Every container is known with the port the listing shows: nothing to confirm.
@@ -740,7 +714,7 @@ async def test_the_reconcile_inspects_concurrently_within_a_bound(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     with trio.fail_after(400):
-        async with event_stream(fake_client, lifecycle, DockerStatus()):
+        async with event_stream_running(fake_client, lifecycle, DockerStatus()):
             fake_docker.silent = True  # unknown to us until the periodic reconcile
             containers = [fake_docker.run() for _ in range(3 * INSPECT_CONCURRENCY)]
             fake_docker.silent = False

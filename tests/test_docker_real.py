@@ -8,7 +8,6 @@ since the real dockerd must not be stopped.
 
 from __future__ import annotations
 
-import functools
 import secrets
 import tempfile
 from collections.abc import AsyncIterator, Callable
@@ -22,8 +21,8 @@ import trio
 from fractal_hostd.containers.lifecycle import ContainerLifecycle
 from fractal_hostd.containers.registry import ContainerRegistry
 from fractal_hostd.docker.client import DockerClient, DockerNotFound
-from fractal_hostd.docker.events import run_event_stream
 from fractal_hostd.hoststate import DockerStatus
+from tests.docker_fixtures import event_stream_running, real_client_with_test_image
 from tests.fakes.unix_proxy import UnixProxy, running_unix_proxy
 
 pytestmark = pytest.mark.docker
@@ -64,11 +63,7 @@ class Containers:
 
 @pytest.fixture
 async def real_client(docker_socket: Path) -> AsyncIterator[DockerClient]:
-    async with DockerClient(str(docker_socket)) as client:
-        try:
-            await client.inspect_image(IMAGE)
-        except DockerNotFound:
-            pytest.skip(f"test image {IMAGE} missing (built by .ci/run; see CONVENTIONS.md)")
+    async with real_client_with_test_image(docker_socket) as client:
         yield client
 
 
@@ -104,14 +99,8 @@ async def stream_task(
 ) -> AsyncIterator[ContainerRegistry]:
     registry = ContainerRegistry()
     lifecycle = ContainerLifecycle(mappings_dir=mappings, registry=registry)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(
-            functools.partial(
-                run_event_stream, client, lifecycle, unreachable_budget=60.0, status=status
-            )
-        )
+    async with event_stream_running(client, lifecycle, status, unreachable_budget=60.0):
         yield registry
-        nursery.cancel_scope.cancel()
 
 
 async def test_running_containers_get_files_and_ttys_and_die_cleans_them(

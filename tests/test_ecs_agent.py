@@ -47,7 +47,7 @@ from fractal_hostd.ecs_agent import (
     start_ecs_agent,
 )
 from fractal_hostd.hoststate import DockerStatus
-from tests.docker_fixtures import fake_client, fake_docker
+from tests.docker_fixtures import fake_client, fake_docker, real_client_with_test_image
 from tests.fakes.docker_engine import FakeDockerEngine
 from tests.fakes.unix_proxy import running_unix_proxy
 from tests.service_harness import running_peers, running_service, service_env
@@ -317,12 +317,7 @@ async def test_one_event_subscription_feeds_the_watcher_including_deaths_while_i
 @pytest.fixture
 async def docker(docker_socket: Path) -> AsyncIterator[DockerClient]:
     """A client of the real engine (conftest's `docker_socket` skips when none answers)."""
-    async with DockerClient(str(docker_socket)) as client:
-        with trio.fail_after(10):
-            try:
-                await client.inspect_image(TEST_IMAGE)
-            except DockerNotFound:
-                pytest.skip(f"test image {TEST_IMAGE} missing: run scripts/build-test-image.sh")
+    async with real_client_with_test_image(docker_socket) as client:
         yield client
 
 

@@ -7,7 +7,6 @@ Rules: unix sockets under /tmp (fixtures), an absolute `trio.fail_after` around 
 from __future__ import annotations
 
 import datetime as dt
-import functools
 import json
 import logging
 from collections.abc import Callable
@@ -17,11 +16,10 @@ from typing import Any
 import trio
 
 from fractal_hostd.docker.client import DockerClient
-from fractal_hostd.docker.events import run_event_stream
 from fractal_hostd.history import ERRORS_KEPT, GONE_KEPT, PER_CONTAINER, ContainerHistory, ErrorRing
 from fractal_hostd.process.logs import register_secret
 from tests.api_fixtures import AUTH, make_api
-from tests.docker_fixtures import fake_client, fake_docker
+from tests.docker_fixtures import event_stream_running, fake_client, fake_docker
 from tests.fakes.docker_engine import FakeDockerEngine
 
 __all__ = ["fake_client", "fake_docker"]
@@ -43,16 +41,9 @@ async def test_status_shows_each_containers_transitions_and_the_gone_ones(
     client = api.app.test_client()
     adopted = fake_docker.run("fhtest-adopted")  # running before the stream: found by adoption
     with trio.fail_after(20):
-        async with trio.open_nursery() as nursery:
-            await nursery.start(
-                functools.partial(
-                    run_event_stream,
-                    fake_client,
-                    api.lifecycle,
-                    status=api.state.docker,
-                    unreachable_budget=60.0,
-                )
-            )
+        async with event_stream_running(
+            fake_client, api.lifecycle, api.state.docker, unreachable_budget=60.0
+        ):
             started = fake_docker.run("fhtest-started")
             await _wait_for(lambda: api.registry.get(started) is not None)
             record = api.registry.get(started)
@@ -96,7 +87,6 @@ async def test_status_shows_each_containers_transitions_and_the_gone_ones(
             await _wait_for(lambda: api.registry.get(started) is None)
             await _wait_for(lambda: api.state.docker.events_processed >= 2)
             status = await _json(await client.get("/status", headers=AUTH))
-            nursery.cancel_scope.cancel()
     assert [c["id"] for c in status["containers"]] == [adopted]
     gone = status["recently_gone"]
     assert [g["id"] for g in gone] == [started]

@@ -42,6 +42,22 @@ def journal_stream_of(path: Path) -> str:
     return f"{st.st_dev}:{st.st_ino}"
 
 
+def logging_with_journal_stream(
+    monkeypatch: pytest.MonkeyPatch, journal_stream: str, fmt: logs.LogFormat, level: str
+) -> None:
+    """The service's logging set up with JOURNAL_STREAM=`journal_stream`, its stderr the
+    `stderr_file`."""
+    monkeypatch.setenv("JOURNAL_STREAM", journal_stream)
+    use_as_stderr(monkeypatch)
+    logs.setup_logging(fmt=fmt, level=level)
+
+
+def lines_of(stderr_file: Path) -> list[str]:
+    """What reached the stderr file so far."""
+    sys.stderr.flush()
+    return stderr_file.read_text().splitlines()
+
+
 def log_one_of_each() -> None:
     log = logging.getLogger("fractal_hostd.test")
     log.debug("d")
@@ -54,12 +70,9 @@ def log_one_of_each() -> None:
 def test_json_lines_carry_the_syslog_level_when_stderr_is_the_journal(
     stderr_file: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("JOURNAL_STREAM", journal_stream_of(stderr_file))
-    use_as_stderr(monkeypatch)
-    logs.setup_logging(fmt="json", level="debug")
+    logging_with_journal_stream(monkeypatch, journal_stream_of(stderr_file), "json", "debug")
     log_one_of_each()
-    sys.stderr.flush()
-    lines = stderr_file.read_text().splitlines()
+    lines = lines_of(stderr_file)
     assert [line[:3] for line in lines] == ["<7>", "<6>", "<4>", "<3>", "<2>"]
     # After the prefix, still one JSON object per line (journald strips the prefix).
     assert [json.loads(line[3:])["msg"] for line in lines] == ["d", "i", "w", "e", "c"]
@@ -68,15 +81,12 @@ def test_json_lines_carry_the_syslog_level_when_stderr_is_the_journal(
 def test_every_line_of_a_multi_line_record_is_prefixed(
     stderr_file: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("JOURNAL_STREAM", journal_stream_of(stderr_file))
-    use_as_stderr(monkeypatch)
-    logs.setup_logging(fmt="console", level="info")
+    logging_with_journal_stream(monkeypatch, journal_stream_of(stderr_file), "console", "info")
     try:
         raise ValueError("boom")
     except ValueError:
         logging.getLogger("t").exception("failed", extra={logs.NO_SENTRY_EVENT: True})
-    sys.stderr.flush()
-    lines = stderr_file.read_text().splitlines()
+    lines = lines_of(stderr_file)
     assert len(lines) > 3  # the message and the traceback
     assert all(line.startswith("<3>") for line in lines), lines
 
@@ -88,12 +98,9 @@ def test_no_prefix_when_stderr_is_not_the_journal_stream(
     # elsewhere: the variable alone must not switch the prefix on.
     other = tmp_path / "other"
     other.touch()
-    monkeypatch.setenv("JOURNAL_STREAM", journal_stream_of(other))
-    use_as_stderr(monkeypatch)
-    logs.setup_logging(fmt="json", level="info")
+    logging_with_journal_stream(monkeypatch, journal_stream_of(other), "json", "info")
     logging.getLogger("t").error("e")
-    sys.stderr.flush()
-    (line,) = stderr_file.read_text().splitlines()
+    (line,) = lines_of(stderr_file)
     assert json.loads(line)["level"] == "error"
 
 
@@ -101,12 +108,9 @@ def test_no_prefix_when_stderr_is_not_the_journal_stream(
 def test_no_prefix_without_a_valid_journal_stream(
     stderr_file: Path, monkeypatch: pytest.MonkeyPatch, value: str
 ) -> None:
-    monkeypatch.setenv("JOURNAL_STREAM", value)
-    use_as_stderr(monkeypatch)
-    logs.setup_logging(fmt="json", level="info")
+    logging_with_journal_stream(monkeypatch, value, "json", "info")
     logging.getLogger("t").warning("w")
-    sys.stderr.flush()
-    (line,) = stderr_file.read_text().splitlines()
+    (line,) = lines_of(stderr_file)
     assert json.loads(line)["level"] == "warning"
 
 
@@ -133,7 +137,6 @@ def test_a_configuration_error_reaches_the_journal_as_an_error(
     monkeypatch.setenv("FRACTAL_HEARTBEAT_INTERVAL", "banana")
     use_as_stderr(monkeypatch)
     assert cli.main(["check"]) == EXIT_CONFIG_ERROR
-    sys.stderr.flush()
-    (line,) = stderr_file.read_text().splitlines()
+    (line,) = lines_of(stderr_file)
     assert line.startswith("<3>fractal-hostd: configuration error: ")
     assert "FRACTAL_HEARTBEAT_INTERVAL" in line

@@ -16,7 +16,7 @@ import trio
 from fractal_hostd import cli
 from fractal_hostd.config import Config
 from fractal_hostd.status_cli import drain_main, format_status
-from tests.api_fixtures import SECRET, make_api, running_api
+from tests.api_fixtures import SECRET, cli_against_api, make_api, running_api
 
 TIMEOUT = 10
 
@@ -49,11 +49,7 @@ async def test_drain_command_drains_once_and_says_so(
 async def test_drain_command_reports_a_refused_reason(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    with trio.fail_after(TIMEOUT):
-        async with running_api(tmp_path) as running:
-            code = await trio.to_thread.run_sync(
-                functools.partial(drain_main, url=running.url, secret=SECRET, reason="x" * 501)
-            )
+    code = await cli_against_api(tmp_path, drain_main, TIMEOUT, secret=SECRET, reason="x" * 501)
     assert code == 1
     err = capsys.readouterr().err
     assert "HTTP 400: reason must be a string of at most 500 characters" in err

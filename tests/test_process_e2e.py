@@ -10,9 +10,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import signal
-import ssl
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -21,12 +18,13 @@ import trio
 
 from fractal_hostd.process import early_signals
 from tests.service_harness import (
-    AUTH_SECRET,
-    REPO,
     ServiceProcess,
+    api_client,
+    run_cli,
     running_peers,
     running_service,
     service_env,
+    started_service,
 )
 
 START_BOUND = 60
@@ -47,70 +45,53 @@ def _snapshot(directory: Path) -> dict[str, tuple[int, int, bytes]]:
     return files
 
 
-def _run_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "fractal_hostd", *args],
-        env=env,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-
-
 async def test_second_instance_exits_2_and_touches_nothing(tmp_path: Path) -> None:
-    async with running_peers(tmp_path) as peers:
-        env = service_env(tmp_path, peers)
-        async with running_service(tmp_path, env) as first:
-            with trio.fail_after(START_BOUND):
-                await peers.webserver.wait_for_heartbeats(1)
-            container_id = peers.docker.run(name="fhtest-lock")
-            mapping = tmp_path / "fractal" / "containerResourceMappings" / container_id
-            with trio.fail_after(10):
-                while not (mapping / "tty").exists():
-                    await trio.sleep(0.02)
-            private = tmp_path / "private"
-            before = _snapshot(private)
-            assert "key.pem" in before
-            files_before = _snapshot(tmp_path / "fractal")
-            assert f"containerResourceMappings/{container_id}/tty" in files_before
-            handshakes = len(peers.webserver.handshakes)
-            subscriptions = [r for r in peers.docker.requests if r.startswith("GET /events")]
-            heartbeats = len(peers.webserver.heartbeats)
-            # Same directories, another port; only the root shared; only the private dir shared.
-            variants = [
-                {"FRACTAL_API_BIND": "127.0.0.1:0"},
-                {"FRACTAL_PRIVATE_DIR": str(tmp_path / "private2")},
-                {"FRACTAL_ROOT": str(tmp_path / "fractal2")},
-            ]
-            for extra in variants:
-                second = await trio.to_thread.run_sync(
-                    functools.partial(_run_cli, {**env, **extra}, "run")
-                )
-                assert second.returncode == 2, second.stderr
-                lines = second.stderr.strip().splitlines()
-                assert len(lines) == 1, second.stderr
-                assert f"pid {first.process.pid}" in lines[0]
-            assert not (tmp_path / "private2").exists()
-            assert not (tmp_path / "fractal2").exists()
-            assert _snapshot(private) == before
-            assert _snapshot(tmp_path / "fractal") == files_before
-            # ...nor subscribed to Docker's events (the first start-up step touching Docker).
-            assert [r for r in peers.docker.requests if r.startswith("GET /events")] == (
-                subscriptions
+    async with started_service(tmp_path, START_BOUND) as (peers, first):
+        env = first.env
+        container_id = peers.docker.run(name="fhtest-lock")
+        mapping = tmp_path / "fractal" / "containerResourceMappings" / container_id
+        with trio.fail_after(10):
+            while not (mapping / "tty").exists():
+                await trio.sleep(0.02)
+        private = tmp_path / "private"
+        before = _snapshot(private)
+        assert "key.pem" in before
+        files_before = _snapshot(tmp_path / "fractal")
+        assert f"containerResourceMappings/{container_id}/tty" in files_before
+        handshakes = len(peers.webserver.handshakes)
+        subscriptions = [r for r in peers.docker.requests if r.startswith("GET /events")]
+        heartbeats = len(peers.webserver.heartbeats)
+        # Same directories, another port; only the root shared; only the private dir shared.
+        variants = [
+            {"FRACTAL_API_BIND": "127.0.0.1:0"},
+            {"FRACTAL_PRIVATE_DIR": str(tmp_path / "private2")},
+            {"FRACTAL_ROOT": str(tmp_path / "fractal2")},
+        ]
+        for extra in variants:
+            second = await trio.to_thread.run_sync(
+                functools.partial(run_cli, {**env, **extra}, "run")
             )
-            assert len(peers.webserver.handshakes) == handshakes
-            assert len(peers.webserver.heartbeats) == heartbeats
-            assert peers.sentry.events == []
+            assert second.returncode == 2, second.stderr
+            lines = second.stderr.strip().splitlines()
+            assert len(lines) == 1, second.stderr
+            assert f"pid {first.process.pid}" in lines[0]
+        assert not (tmp_path / "private2").exists()
+        assert not (tmp_path / "fractal2").exists()
+        assert _snapshot(private) == before
+        assert _snapshot(tmp_path / "fractal") == files_before
+        # ...nor subscribed to Docker's events (the first start-up step touching Docker).
+        assert [r for r in peers.docker.requests if r.startswith("GET /events")] == (subscriptions)
+        assert len(peers.webserver.handshakes) == handshakes
+        assert len(peers.webserver.heartbeats) == heartbeats
+        assert peers.sentry.events == []
 
-            check = await trio.to_thread.run_sync(lambda: _run_cli(env, "check"))
-            assert check.returncode == 1
-            assert f"pid {first.process.pid}" in check.stdout
+        check = await trio.to_thread.run_sync(lambda: run_cli(env, "check"))
+        assert check.returncode == 1
+        assert f"pid {first.process.pid}" in check.stdout
 
-            first.send_signal()
-            with trio.fail_after(EXIT_BOUND):
-                assert await first.wait() == 0
+        first.send_signal()
+        with trio.fail_after(EXIT_BOUND):
+            assert await first.wait() == 0
         dying = [hb for hb in peers.webserver.heartbeats if hb["IsDyingHeartbeat"]]
         assert len(dying) == 1  # the first instance's own, at its own stop
 
@@ -149,20 +130,17 @@ async def _exit_under_fire(service: ServiceProcess, *signums: int) -> int:
 
 
 async def test_sighup_and_sigusr1_do_not_stop_the_service(tmp_path: Path) -> None:
-    async with running_peers(tmp_path) as peers:
-        async with running_service(tmp_path, service_env(tmp_path, peers)) as service:
-            with trio.fail_after(START_BOUND):
-                await peers.webserver.wait_for_heartbeats(1)
-            service.send_signal(signal.SIGHUP)
-            service.send_signal(signal.SIGUSR1)
-            with trio.fail_after(EXIT_BOUND):
-                while "running tasks" not in service.logs():
-                    await trio.sleep(0.05)
-            await trio.sleep(0.3)
-            assert service.process.returncode is None
-            service.send_signal()
-            with trio.fail_after(EXIT_BOUND):
-                assert await service.wait() == 0
+    async with started_service(tmp_path, START_BOUND) as (peers, service):
+        service.send_signal(signal.SIGHUP)
+        service.send_signal(signal.SIGUSR1)
+        with trio.fail_after(EXIT_BOUND):
+            while "running tasks" not in service.logs():
+                await trio.sleep(0.05)
+        await trio.sleep(0.3)
+        assert service.process.returncode is None
+        service.send_signal()
+        with trio.fail_after(EXIT_BOUND):
+            assert await service.wait() == 0
         logs = service.logs()
         assert "received SIGHUP" in logs
         assert "task:heartbeats at " in logs  # the task tree: who, and where it waits
@@ -267,7 +245,7 @@ async def test_stop_removes_only_what_the_service_put_in_the_private_dir(tmp_pat
 
 def test_system_directory_as_private_dir_exits_2(tmp_path: Path) -> None:
     env = {"PATH": "/usr/bin:/bin", "FRACTAL_ROOT": str(tmp_path / "root")}
-    done = _run_cli(env, "run", "--private-dir", "/var/lib")
+    done = run_cli(env, "run", "--private-dir", "/var/lib")
     assert done.returncode == 2
     assert len(done.stderr.strip().splitlines()) == 1
     assert "FRACTAL_PRIVATE_DIR='/var/lib' is not allowed" in done.stderr
@@ -291,17 +269,11 @@ async def test_crash_with_every_peer_stuck_measures_the_real_stop(tmp_path: Path
         async with running_service(tmp_path, env, argv) as service:
             await _ready(service)
             peers.webserver.heartbeat_blackhole = True
-            url = (tmp_path / "private" / "api_url").read_text().strip()
-            context = ssl.create_default_context(cafile=tmp_path / "private" / "cert.pem")
 
             async def held_request() -> None:
-                async with httpx.AsyncClient(verify=context, timeout=60) as client:
+                async with api_client(tmp_path, timeout=60) as client:
                     with contextlib.suppress(httpx.HTTPError):
-                        await client.put(
-                            f"{url.replace('127.0.0.1', 'localhost')}/set_container_dpi",
-                            json={"host_port": 4999, "dpi": 96},
-                            headers={"Authorization": f"Bearer {AUTH_SECRET}"},
-                        )
+                        await client.put("/set_container_dpi", json={"host_port": 4999, "dpi": 96})
 
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(held_request)

@@ -12,7 +12,6 @@ import json
 import os
 import signal
 import socket
-import ssl
 import subprocess
 import time
 from pathlib import Path
@@ -27,6 +26,7 @@ from tests.service_harness import (
     AUTH_SECRET,
     Peers,
     ServiceProcess,
+    api_client,
     running_peers,
     running_service,
     service_env,
@@ -34,11 +34,6 @@ from tests.service_harness import (
 
 START_BOUND = 60  # seconds; a cold interpreter on a loaded 2-core machine is slow
 EXIT_BOUND = 30
-
-
-def _api(tmp_path: Path) -> tuple[str, Path]:
-    private = tmp_path / "private"
-    return (private / "api_url").read_text().strip(), private / "cert.pem"
 
 
 async def _wait_for_file(path: Path) -> str:
@@ -86,14 +81,11 @@ async def test_ready_then_signal_sends_dying_heartbeat_and_exits_0(
             assert first["IsDyingHeartbeat"] is False
             assert first["InstanceID"] == handshake["InstanceID"]
 
-            url, cert = _api(tmp_path)
-            async with httpx.AsyncClient(
-                verify=ssl.create_default_context(cafile=cert), timeout=10
-            ) as client:
-                health = await client.get(f"{url.replace('127.0.0.1', 'localhost')}/health")
+            async with api_client(tmp_path, timeout=10) as client:
+                health = await client.get("/health")
             assert (health.status_code, health.json()["status"]) == (200, "ok")
             san = x509.load_pem_x509_certificate(
-                cert.read_bytes()
+                (tmp_path / "private" / "cert.pem").read_bytes()
             ).extensions.get_extension_for_class(x509.SubjectAlternativeName)
             addresses = {str(ip) for ip in san.value.get_values_for_type(x509.IPAddress)}
             assert {"127.0.0.1", "10.1.2.3", "203.0.113.7"} <= addresses  # loopback + host's
@@ -124,14 +116,9 @@ async def test_managed_container_gets_files_and_dpi_over_the_api(tmp_path: Path)
                 assert await _wait_for_file(mapping / "tty") == "10"
             assert (mapping / "hostPort_for_my_32262_tcp").read_text() == str(host_port)
 
-            url, cert = _api(tmp_path)
-            async with httpx.AsyncClient(
-                verify=ssl.create_default_context(cafile=cert), timeout=10
-            ) as client:
+            async with api_client(tmp_path, timeout=10) as client:
                 answer = await client.put(
-                    f"{url.replace('127.0.0.1', 'localhost')}/set_container_dpi",
-                    json={"host_port": host_port, "dpi": 192},
-                    headers={"Authorization": f"Bearer {AUTH_SECRET}"},
+                    "/set_container_dpi", json={"host_port": host_port, "dpi": 192}
                 )
             assert answer.status_code == 200, answer.text
             assert (mapping / "DPI").read_text() == "192"
@@ -242,14 +229,10 @@ async def test_spot_notice_drains_the_host(tmp_path: Path) -> None:
             assert len(draining) == 1  # one immediate heartbeat, not one per poll
             assert draining[0]["IsDyingHeartbeat"] is False
 
-            url, cert = _api(tmp_path)
-            url = url.replace("127.0.0.1", "localhost")
-            auth = {"Authorization": f"Bearer {AUTH_SECRET}"}
-            context = ssl.create_default_context(cafile=cert)
-            async with httpx.AsyncClient(verify=context, timeout=15, headers=auth) as client:
-                status = (await client.get(f"{url}/status")).json()
+            async with api_client(tmp_path, timeout=15) as client:
+                status = (await client.get("/status")).json()
                 mount = await client.post(
-                    f"{url}/mount_cloud_storage",
+                    "/mount_cloud_storage",
                     json={
                         "host_port": host_port,
                         "provider": "dropbox",
@@ -260,7 +243,7 @@ async def test_spot_notice_drains_the_host(tmp_path: Path) -> None:
                     },
                 )
                 dpi = await client.put(
-                    f"{url}/set_container_dpi", json={"host_port": host_port, "dpi": 96}
+                    "/set_container_dpi", json={"host_port": host_port, "dpi": 96}
                 )
             assert status["draining"]
             assert (mount.status_code, mount.json()["error"]) == (406, "host is draining")
@@ -336,18 +319,12 @@ async def test_in_flight_request_completes_on_every_shutdown_path(
         argv = ("-m", "tests.crashing_service")
         async with running_service(tmp_path, env, argv) as service:
             await _ready(service, peers)
-            url, cert = _api(tmp_path)
             answers: list[httpx.Response] = []
 
             async def slow_request() -> None:
-                context = ssl.create_default_context(cafile=cert)
-                async with httpx.AsyncClient(verify=context, timeout=20) as client:
+                async with api_client(tmp_path, timeout=20) as client:
                     answers.append(
-                        await client.put(
-                            f"{url.replace('127.0.0.1', 'localhost')}/set_container_dpi",
-                            json={"host_port": 4999, "dpi": 96},
-                            headers={"Authorization": f"Bearer {AUTH_SECRET}"},
-                        )
+                        await client.put("/set_container_dpi", json={"host_port": 4999, "dpi": 96})
                     )
 
             async with trio.open_nursery() as nursery:

@@ -12,8 +12,7 @@ from __future__ import annotations
 import errno
 import json
 import os
-import subprocess
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,9 @@ from fractal_hostd.containers.lifecycle import (
 )
 from tests.api_fixtures import AUTH, container_id, make_api
 from tests.containers_fixtures import cid, dir_files, running
+from tests.mount_fixtures import read_only_root, small_tmpfs
+
+__all__ = ["read_only_root", "small_tmpfs"]  # fixtures
 
 PORT = 40001
 
@@ -81,6 +83,18 @@ class DiskFull:
             real(fd)
 
         monkeypatch.setattr("fractal_hostd.safefs.os.fsync", fsync)
+
+
+@asynccontextmanager
+async def started_on_a_full_disk(
+    mappings: Path, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[tuple[ContainerLifecycle, DiskFull]]:
+    """Container 1 started while every fsync fails: its files wait in the running file-writer."""
+    lifecycle = lifecycle_on(mappings)
+    async with file_writer_running(lifecycle):
+        disk = DiskFull(monkeypatch)
+        await lifecycle.on_running(running(1, PORT))
+        yield lifecycle, disk
 
 
 # --- item 1: links planted at every name the service touches ---------------------------
@@ -223,10 +237,7 @@ async def test_a_failed_write_is_retried_with_backoff_until_written(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, autojump_clock: trio.abc.Clock
 ) -> None:
     mappings = tmp_path / "containerResourceMappings"
-    lifecycle = lifecycle_on(mappings)
-    async with file_writer_running(lifecycle):
-        disk = DiskFull(monkeypatch)
-        await lifecycle.on_running(running(1, PORT))
+    async with started_on_a_full_disk(mappings, monkeypatch) as (lifecycle, disk):
         record = lifecycle._registry.get(cid(1))
         assert record is not None
         assert record.files_pending
@@ -296,10 +307,7 @@ async def test_a_pending_write_of_a_container_that_dies_is_dropped(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, autojump_clock: trio.abc.Clock
 ) -> None:
     mappings = tmp_path / "containerResourceMappings"
-    lifecycle = lifecycle_on(mappings)
-    async with file_writer_running(lifecycle):
-        disk = DiskFull(monkeypatch)
-        await lifecycle.on_running(running(1, PORT))
+    async with started_on_a_full_disk(mappings, monkeypatch) as (lifecycle, disk):
         await lifecycle.on_gone(cid(1))
         disk.failing = False
         await trio.sleep(1)
@@ -360,37 +368,6 @@ async def test_start_values_for_a_container_without_tty_are_406(tmp_path: Path) 
 
 
 # --- the real thing: a full tmpfs and a read-only bind (root only) --------------------
-
-
-def _mount(*args: str) -> bool:
-    done = subprocess.run(["mount", *args], capture_output=True, check=False, timeout=10)
-    return done.returncode == 0
-
-
-@pytest.fixture
-def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
-    path = tmp_path / "fractal"
-    path.mkdir()
-    if os.geteuid() != 0 or not _mount("-t", "tmpfs", "-o", "size=64k", "tmpfs", str(path)):
-        pytest.skip("mounting a tmpfs is not permitted here")
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], check=False, timeout=10)
-
-
-@pytest.fixture
-def read_only_root(tmp_path: Path) -> Iterator[Path]:
-    path = tmp_path / "fractal"
-    path.mkdir()
-    if os.geteuid() != 0 or not _mount("--bind", str(path), str(path)):
-        pytest.skip("bind mounts are not permitted here")
-    try:
-        if not _mount("-o", "remount,bind,ro", str(path)):
-            pytest.skip("read-only remounts are not permitted here")
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], check=False, timeout=10)
 
 
 def _fill(directory: Path) -> Path:

@@ -8,15 +8,15 @@ Bounds are generous fail_afters (shared machines); the read-only test mounts (ro
 from __future__ import annotations
 
 import os
-import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 import trio
 
 from tests.containers_fixtures import cid
-from tests.service_harness import running_peers, running_service, service_env
+from tests.mount_fixtures import read_only_root
+from tests.service_harness import running_peers, running_service, service_env, started_service
+
+__all__ = ["read_only_root"]  # fixture
 
 START_BOUND = 60
 EXIT_BOUND = 30
@@ -34,12 +34,7 @@ async def test_start_up_survives_unexpected_entries_in_the_mappings_directory(
     (mappings / cid(2)).symlink_to(outside)
     (mappings / cid(3)).mkdir()
     (mappings / cid(3) / "tty").write_text("garbage")
-    async with (
-        running_peers(tmp_path) as peers,
-        running_service(tmp_path, service_env(tmp_path, peers)) as service,
-    ):
-        with trio.fail_after(START_BOUND):
-            await peers.webserver.wait_for_heartbeats(1)
+    async with started_service(tmp_path, START_BOUND) as (peers, service):
         assert peers.webserver.heartbeats[0]["IsDyingHeartbeat"] is False
         # None of the three containers runs: their entries go, the link unfollowed.
         assert os.listdir(mappings) == []
@@ -47,24 +42,6 @@ async def test_start_up_survives_unexpected_entries_in_the_mappings_directory(
         service.send_signal()
         with trio.fail_after(EXIT_BOUND):
             assert await service.wait() == 0
-
-
-@pytest.fixture
-def read_only_root(tmp_path: Path) -> Iterator[Path]:
-    path = tmp_path / "fractal"
-    path.mkdir()
-
-    def mount(*args: str) -> bool:
-        return subprocess.run(["mount", *args], capture_output=True, check=False).returncode == 0
-
-    if os.geteuid() != 0 or not mount("--bind", str(path), str(path)):
-        pytest.skip("bind mounts are not permitted here")
-    try:
-        if not mount("-o", "remount,bind,ro", str(path)):
-            pytest.skip("read-only remounts are not permitted here")
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], check=False)
 
 
 async def test_a_read_only_root_is_fatal_and_never_reported_ready(
