@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tests.fakes.docker_engine import FakeDockerEngine
-from tests.fakes.docker_model import FakeContainer, HttpError, matches
+from tests.fakes.docker_model import FakeContainer, HttpError
 
 
 @dataclass
@@ -126,35 +126,19 @@ class ChaosFakeEngine(FakeDockerEngine):
 
     # ---- event delivery faults --------------------------------------------------------------
 
-    def _emit(
-        self,
-        action: str,
-        container: FakeContainer,
-        attributes: dict[str, str] | None = None,
-        *,
-        time_nano: int | None = None,
-    ) -> None:
-        event = self._event(action, container, attributes, time_nano)
-        self._record(event)
-        if self.silent:
-            return
-        if self.holding:
+    def _deliver(self, event: dict[str, Any]) -> None:
+        if self.holding:  # a stall: delivered (maybe shuffled) by release()
             self._held.append(event)
             return
-        self._deliver(event)
+        self._deliver_now(event)
 
-    def _deliver(self, event: dict[str, Any]) -> None:
+    def _deliver_now(self, event: dict[str, Any]) -> None:
         copies = 1
         if self.duplicate_remaining > 0:
             self.duplicate_remaining -= 1
             copies = 2
         for _ in range(copies):
-            for subscriber in self._subscribers:
-                if matches(subscriber.filters, event):
-                    try:
-                        subscriber.send.send_nowait(event)
-                    except Exception:  # trio.WouldBlock: a full queue loses it, like dockerd
-                        subscriber.dropped += 1
+            super()._deliver(event)
 
     def release(self, rng: random.Random | None = None) -> int:
         """End a stall: deliver what was held, shuffled with `rng` when given (reordered)."""

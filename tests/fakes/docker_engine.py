@@ -564,8 +564,11 @@ class FakeDockerEngine:
         # Synchronous controls cannot wait: a full subscriber queue loses the event at once.
         event = self._event(action, container, attributes, time_nano)
         self._record(event)
-        if self.silent:
-            return
+        if not self.silent:
+            self._deliver(event)
+
+    def _deliver(self, event: dict[str, Any]) -> None:
+        """Hand `event` to every matching subscriber (a subclass may hold or repeat it)."""
         for subscriber in self._subscribers:
             if matches(subscriber.filters, event):
                 try:
