@@ -34,10 +34,10 @@ async def fake_client(fake_docker: FakeDockerEngine) -> AsyncIterator[DockerClie
         yield client
 
 
-@asynccontextmanager
-async def real_client_with_test_image(docker_socket: Path) -> AsyncIterator[DockerClient]:
-    """A client of the real engine (conftest's `docker_socket`); skips the test when the test
-    image is missing."""
+@pytest.fixture
+async def real_client(docker_socket: Path) -> AsyncIterator[DockerClient]:
+    """A client of the real engine (conftest's `docker_socket` skips when none answers); skips
+    the test when the test image is missing."""
     async with DockerClient(str(docker_socket)) as client:
         with trio.fail_after(10):
             try:

@@ -22,8 +22,10 @@ from fractal_hostd.containers.lifecycle import ContainerLifecycle
 from fractal_hostd.containers.registry import ContainerRegistry
 from fractal_hostd.docker.client import DockerClient, DockerNotFound
 from fractal_hostd.hoststate import DockerStatus
-from tests.docker_fixtures import event_stream_running, real_client_with_test_image
+from tests.docker_fixtures import event_stream_running, real_client
 from tests.fakes.unix_proxy import UnixProxy, running_unix_proxy
+
+__all__ = ["real_client"]  # a fixture, used by name
 
 pytestmark = pytest.mark.docker
 
@@ -59,12 +61,6 @@ class Containers:
             for container_id in self.ids:
                 with suppress(DockerNotFound):
                     await self.client.remove_container(container_id, force=True)
-
-
-@pytest.fixture
-async def real_client(docker_socket: Path) -> AsyncIterator[DockerClient]:
-    async with real_client_with_test_image(docker_socket) as client:
-        yield client
 
 
 @pytest.fixture

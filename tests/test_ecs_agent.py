@@ -47,12 +47,12 @@ from fractal_hostd.ecs_agent import (
     start_ecs_agent,
 )
 from fractal_hostd.hoststate import DockerStatus
-from tests.docker_fixtures import fake_client, fake_docker, real_client_with_test_image
+from tests.docker_fixtures import fake_client, fake_docker, real_client
 from tests.fakes.docker_engine import FakeDockerEngine
 from tests.fakes.unix_proxy import running_unix_proxy
 from tests.service_harness import running_peers, running_service, service_env
 
-__all__ = ["fake_client", "fake_docker"]
+__all__ = ["fake_client", "fake_docker", "real_client"]
 
 TEST_IMAGE = "fractal-hostd-test-busybox:latest"
 SLEEP = ["sleep", "300"]
@@ -315,19 +315,12 @@ async def test_one_event_subscription_feeds_the_watcher_including_deaths_while_i
 
 
 @pytest.fixture
-async def docker(docker_socket: Path) -> AsyncIterator[DockerClient]:
-    """A client of the real engine (conftest's `docker_socket` skips when none answers)."""
-    async with real_client_with_test_image(docker_socket) as client:
-        yield client
-
-
-@pytest.fixture
-async def agent_name(docker: DockerClient) -> AsyncIterator[str]:
+async def agent_name(real_client: DockerClient) -> AsyncIterator[str]:
     name = f"fhtest-ecs-agent-{secrets.token_hex(4)}"
     yield name
     with trio.move_on_after(20, shield=True):
         with contextlib.suppress(DockerNotFound):
-            await docker.remove_container(name, force=True)
+            await real_client.remove_container(name, force=True)
 
 
 @pytest.fixture
@@ -338,11 +331,11 @@ def ecs_config(tmp_path: Path) -> Path:
 
 
 def _starter(
-    docker: DockerClient, name: str, tmp_path: Path, ecs_config: Path, command: list[str]
+    real_client: DockerClient, name: str, tmp_path: Path, ecs_config: Path, command: list[str]
 ) -> Callable[..., Any]:
     async def start(image: str = TEST_IMAGE) -> str:
         return await start_ecs_agent(
-            docker,
+            real_client,
             image=image,
             ecs_config_path=ecs_config,
             container_name=name,
@@ -355,11 +348,11 @@ def _starter(
 
 @pytest.mark.docker
 async def test_start_creates_and_runs_the_agent_container(
-    docker: DockerClient, agent_name: str, tmp_path: Path, ecs_config: Path
+    real_client: DockerClient, agent_name: str, tmp_path: Path, ecs_config: Path
 ) -> None:
     with trio.fail_after(20):
-        container_id = await _starter(docker, agent_name, tmp_path, ecs_config, SLEEP)()
-        inspect = await docker.inspect_container(agent_name)
+        container_id = await _starter(real_client, agent_name, tmp_path, ecs_config, SLEEP)()
+        inspect = await real_client.inspect_container(agent_name)
     assert inspect["Id"] == container_id
     assert inspect["State"]["Running"] is True
     host_config = inspect["HostConfig"]
@@ -380,19 +373,19 @@ async def test_start_creates_and_runs_the_agent_container(
 
 @pytest.mark.docker
 async def test_second_start_reuses_the_running_container(
-    docker: DockerClient,
+    real_client: DockerClient,
     agent_name: str,
     tmp_path: Path,
     ecs_config: Path,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    start = _starter(docker, agent_name, tmp_path, ecs_config, SLEEP)
+    start = _starter(real_client, agent_name, tmp_path, ecs_config, SLEEP)
     with trio.fail_after(20):
         first = await start()
-        started_at = (await docker.inspect_container(first))["State"]["StartedAt"]
+        started_at = (await real_client.inspect_container(first))["State"]["StartedAt"]
         with caplog.at_level(logging.WARNING, logger="fractal_hostd.ecs_agent"):
             second = await start(image="fhtest-some-other-image:latest")
-        inspect = await docker.inspect_container(first)
+        inspect = await real_client.inspect_container(first)
     assert second == first
     assert inspect["State"]["Running"] is True
     assert inspect["State"]["StartedAt"] == started_at  # not restarted
@@ -401,27 +394,27 @@ async def test_second_start_reuses_the_running_container(
 
 @pytest.mark.docker
 async def test_stopped_container_is_started_again(
-    docker: DockerClient, agent_name: str, tmp_path: Path, ecs_config: Path
+    real_client: DockerClient, agent_name: str, tmp_path: Path, ecs_config: Path
 ) -> None:
     # Exits 0 (which `on-failure` does not restart) until the test drops a file in its
     # data directory; then it stays up.
     command = ["sh", "-c", "[ -e /data/stay-up ] && exec sleep 300; exit 0"]
-    start = _starter(docker, agent_name, tmp_path, ecs_config, command)
+    start = _starter(real_client, agent_name, tmp_path, ecs_config, command)
     with trio.fail_after(20):
         container_id = await start()
-        while (await docker.inspect_container(container_id))["State"]["Status"] != "exited":
+        while (await real_client.inspect_container(container_id))["State"]["Status"] != "exited":
             await trio.sleep(0.05)
         (tmp_path / "var/lib/ecs/data/stay-up").touch()
         assert await start() == container_id
-        state = (await docker.inspect_container(container_id))["State"]
+        state = (await real_client.inspect_container(container_id))["State"]
     assert state["Running"] is True
 
 
 @pytest.mark.docker
 async def test_concurrent_starts_make_one_container(
-    docker: DockerClient, agent_name: str, tmp_path: Path, ecs_config: Path
+    real_client: DockerClient, agent_name: str, tmp_path: Path, ecs_config: Path
 ) -> None:
-    start = _starter(docker, agent_name, tmp_path, ecs_config, SLEEP)
+    start = _starter(real_client, agent_name, tmp_path, ecs_config, SLEEP)
     ids: list[str] = []
 
     async def start_and_record() -> None:
@@ -431,7 +424,7 @@ async def test_concurrent_starts_make_one_container(
         async with trio.open_nursery() as nursery:
             nursery.start_soon(start_and_record)
             nursery.start_soon(start_and_record)
-        listed = await docker.list_containers(all=True, filters={"name": [agent_name]})
+        listed = await real_client.list_containers(all=True, filters={"name": [agent_name]})
     assert len(ids) == 2
     assert ids[0] == ids[1]
     assert [c["Id"] for c in listed] == [ids[0]]
@@ -439,14 +432,14 @@ async def test_concurrent_starts_make_one_container(
 
 @pytest.mark.docker
 async def test_missing_image_is_fatal_and_creates_nothing(
-    docker: DockerClient, agent_name: str, tmp_path: Path, ecs_config: Path
+    real_client: DockerClient, agent_name: str, tmp_path: Path, ecs_config: Path
 ) -> None:
-    start = _starter(docker, agent_name, tmp_path, ecs_config, SLEEP)
+    start = _starter(real_client, agent_name, tmp_path, ecs_config, SLEEP)
     with trio.fail_after(20):
         with pytest.raises(EcsAgentImageMissing) as caught:
             await start(image="fhtest-no-such-image:latest")
         with pytest.raises(DockerNotFound):
-            await docker.inspect_container(agent_name)
+            await real_client.inspect_container(agent_name)
     assert str(caught.value) == (
         "ECS agent image fhtest-no-such-image:latest is not present on this host; "
         "pull it or set FRACTAL_ECS_AGENT_IMAGE"
@@ -455,13 +448,13 @@ async def test_missing_image_is_fatal_and_creates_nothing(
 
 @pytest.mark.docker
 async def test_run_fails_before_started_when_the_image_is_missing(
-    docker: DockerClient, agent_name: str, tmp_path: Path, ecs_config: Path
+    real_client: DockerClient, agent_name: str, tmp_path: Path, ecs_config: Path
 ) -> None:
     with trio.fail_after(20), pytest.RaisesGroup(EcsAgentImageMissing, flatten_subgroups=True):
         async with trio.open_nursery() as nursery:
             await nursery.start(
                 lambda task_status: run_ecs_agent(
-                    docker,
+                    real_client,
                     events=EventFanout(),
                     image="fhtest-no-such-image:latest",
                     ecs_config_path=ecs_config,
@@ -487,7 +480,7 @@ DYING_TWICE = [
 
 @pytest.mark.docker
 async def test_run_reports_deaths_including_those_while_the_stream_was_down(
-    docker: DockerClient,
+    real_client: DockerClient,
     agent_name: str,
     tmp_path: Path,
     ecs_config: Path,
@@ -503,7 +496,7 @@ async def test_run_reports_deaths_including_those_while_the_stream_was_down(
     ):
         proxy_path = Path(socket_dir) / "docker.sock"
         async with (
-            running_unix_proxy(proxy_path, docker.socket_path) as proxy,
+            running_unix_proxy(proxy_path, real_client.socket_path) as proxy,
             DockerClient(str(proxy_path)) as via_proxy,
             watching(
                 via_proxy,
@@ -515,7 +508,7 @@ async def test_run_reports_deaths_including_those_while_the_stream_was_down(
                 command=DYING_TWICE,
             ) as container_id,
         ):
-            assert (await docker.inspect_container(agent_name))["Id"] == container_id
+            assert (await real_client.inspect_container(agent_name))["Id"] == container_id
 
             # Docker "goes away"; the agent dies meanwhile; the death is replayed afterwards.
             await proxy.stop_listening()

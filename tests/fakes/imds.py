@@ -25,8 +25,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import secrets
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -34,7 +33,7 @@ import trio
 from quart import Response, request
 from quart_trio import QuartTrio
 
-from tests.fakes.webserver import serve_on_loopback
+from tests.fakes.webserver import serving
 
 Mode = Literal["v2-required", "v2-optional", "v1-only"]
 
@@ -167,12 +166,8 @@ class FakeImds:
         return app
 
 
-@asynccontextmanager
-async def running_fake_imds(**kwargs: Any) -> AsyncIterator[FakeImds]:
-    fake = FakeImds(**kwargs)
-    async with serve_on_loopback(fake.app) as url:
-        fake.url = url
-        yield fake
+def running_fake_imds(**kwargs: Any) -> AbstractAsyncContextManager[FakeImds]:
+    return serving(FakeImds(**kwargs))
 
 
 async def _main() -> None:

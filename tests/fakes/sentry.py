@@ -21,7 +21,6 @@ envelope item received: handy for checking `make runprod`-style runs by hand.
 
 from __future__ import annotations
 
-import functools
 import gzip
 import json
 from collections.abc import AsyncIterator
@@ -29,12 +28,12 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
-import hypercorn.trio
 import sentry_sdk
 import trio
-from hypercorn.config import Config
 from quart import Response, request
 from quart_trio import QuartTrio
+
+from tests.fakes.webserver import serve_on_loopback
 
 PUBLIC_KEY = "fakepublickey"
 PROJECT_ID = "1"
@@ -160,20 +159,9 @@ class FakeSentry:
 async def running_fake_sentry(*, blackhole: bool = False) -> AsyncIterator[FakeSentry]:
     """Serve a FakeSentry on 127.0.0.1, any free port, for the duration of the block."""
     sentry = FakeSentry(blackhole=blackhole)
-    config = Config()
-    config.bind = ["127.0.0.1:0"]
-    config.accesslog = None
-    config.keep_alive_timeout = 3600  # clocks jump in tests: no idle-close races
-    config.graceful_timeout = 0
-    async with trio.open_nursery() as nursery:
-        urls: list[str] = await nursery.start(
-            functools.partial(hypercorn.trio.serve, sentry.app, config)
-        )
-        sentry.port = int(urls[0].rsplit(":", 1)[1])
-        try:
-            yield sentry
-        finally:
-            nursery.cancel_scope.cancel()
+    async with serve_on_loopback(sentry.app, graceful_timeout=0) as url:
+        sentry.port = int(url.rsplit(":", 1)[1])
+        yield sentry
 
 
 def reset_sentry() -> None:

@@ -22,8 +22,8 @@ from __future__ import annotations
 import functools
 import json
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from typing import Any
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any, Protocol, TypeVar
 
 import hypercorn.trio
 import trio
@@ -33,7 +33,9 @@ from quart_trio import QuartTrio
 
 
 @asynccontextmanager
-async def serve_on_loopback(app: QuartTrio) -> AsyncIterator[str]:
+async def serve_on_loopback(
+    app: QuartTrio, *, graceful_timeout: float | None = None
+) -> AsyncIterator[str]:
     """Serve `app` on 127.0.0.1, any free port; yields `http://127.0.0.1:PORT`; stops on exit."""
     config = Config()
     config.bind = ["127.0.0.1:0"]
@@ -41,6 +43,8 @@ async def serve_on_loopback(app: QuartTrio) -> AsyncIterator[str]:
     # Tests jump trio's clock (token expiry); a jump past hypercorn's keep-alive timeout races
     # the server's idle-close against the client's next request on that connection.
     config.keep_alive_timeout = 3600
+    if graceful_timeout is not None:
+        config.graceful_timeout = graceful_timeout
     async with trio.open_nursery() as nursery:
         urls: list[str] = await nursery.start(functools.partial(hypercorn.trio.serve, app, config))
         try:
@@ -113,12 +117,24 @@ class FakeWebserver:
         return app
 
 
+class ServedFake(Protocol):
+    app: QuartTrio
+    url: str
+
+
+Fake = TypeVar("Fake", bound=ServedFake)
+
+
 @asynccontextmanager
-async def running_fake_webserver(**kwargs: Any) -> AsyncIterator[FakeWebserver]:
-    fake = FakeWebserver(**kwargs)
+async def serving(fake: Fake) -> AsyncIterator[Fake]:
+    """Serve `fake.app` on loopback for the duration of the block, with `fake.url` set."""
     async with serve_on_loopback(fake.app) as url:
         fake.url = url
         yield fake
+
+
+def running_fake_webserver(**kwargs: Any) -> AbstractAsyncContextManager[FakeWebserver]:
+    return serving(FakeWebserver(**kwargs))
 
 
 async def _main() -> None:
