@@ -17,6 +17,7 @@ for another event (contract §3).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import math
@@ -45,6 +46,8 @@ from fractal_hostd.containers.registry import ContainerRecord, ContainerRegistry
 
 logger = logging.getLogger(__name__)
 
+# Called when a run of a container is over (it died, or a missed restart moved its port):
+# the record holds the host port of that run.
 GoneHook = Callable[[ContainerRecord], Awaitable[None]]
 T = TypeVar("T")
 
@@ -202,9 +205,15 @@ class ContainerLifecycle:
             if record is None:
                 await self._start(info)
             elif record.host_port != info.host_port:
-                # Only a missed die+start can change a live container's port.
+                # Only a missed die+start can change a live container's port. What was
+                # mounted for it under the old port is its previous run's, and stale: the
+                # hook unmounts it as it would have at the missed die, before the next
+                # container given the old port finds somebody else's Drive there.
+                previous = dataclasses.replace(record, cloud_storage=list(record.cloud_storage))
                 self._registry.move_port(record, info.host_port)
+                record.cloud_storage.clear()
                 await self._write(record)
+                await self._run_gone_hook(previous)
 
     async def on_gone(self, container_id: str) -> None:
         """Die or destroy (idempotent, unknown ids fine): unmount cloud storage, remove the
@@ -225,10 +234,7 @@ class ContainerLifecycle:
                     await trio.lowlevel.checkpoint()
                 return
             try:
-                if self._on_gone_hook is not None:
-                    await self._on_gone_hook(record)
-            except Exception:
-                logger.exception("on_gone hook failed", extra={"container_id": container_id})
+                await self._run_gone_hook(record)
             finally:
                 # Shielded: it completes even when we are being cancelled.
                 with trio.CancelScope(shield=True):
@@ -304,6 +310,15 @@ class ContainerLifecycle:
             record.tty,
             extra={"container_id": record.id},
         )
+
+    async def _run_gone_hook(self, record: ContainerRecord) -> None:
+        """The hook (cloud-storage unmount) for a run of a container that is over: `record`
+        holds the host port it had. Its failure is logged, never raised."""
+        try:
+            if self._on_gone_hook is not None:
+                await self._on_gone_hook(record)
+        except Exception:
+            logger.exception("on_gone hook failed", extra={"container_id": record.id})
 
     def _give_tty(self, record: ContainerRecord) -> None:
         record.tty = self._pool.assign()
