@@ -481,7 +481,9 @@ async def test_reconcile_applies_missed_events(host: Host) -> None:
     assert sorted(os.listdir(host.root)) == [cid(2), cid(3)]
 
 
-async def test_a_missed_restart_that_moved_the_port_ends_the_old_ports_run(tmp_path: Path) -> None:
+async def test_a_missed_restart_that_moved_the_port_ends_the_old_ports_run(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     # dockerd gives a restarted container with a random host port a new one; with its die and
     # start missed (stream down), the service sees the same id with another port. Its
     # cloud-storage mounts are its previous run's, under the old port: the gone hook must see
@@ -491,6 +493,7 @@ async def test_a_missed_restart_that_moved_the_port_ends_the_old_ports_run(tmp_p
     async def record_end(record: ContainerRecord) -> None:
         ended.append((record.id, record.host_port, list(record.cloud_storage)))
 
+    caplog.set_level(logging.INFO, logger=LIFECYCLE_LOGGER)
     host = Host(tmp_path / "containerResourceMappings", hook=record_end)
     await host.lifecycle.on_running(running(1, 40001))
     record = host.registry.by_host_port(40001)
@@ -500,6 +503,7 @@ async def test_a_missed_restart_that_moved_the_port_ends_the_old_ports_run(tmp_p
     await host.lifecycle.reconcile([running(1, 40002)])
 
     assert ended == [(cid(1), 40001, ["google_drive"])]
+    assert "host port changed from 40001 to 40002" in caplog.text
     assert host.registry.by_host_port(40002) is record
     assert record.cloud_storage == []
     assert host.files(1)["hostPort_for_my_32262_tcp"] == "40002"

@@ -210,6 +210,12 @@ class ContainerLifecycle:
                 # hook unmounts it as it would have at the missed die, before the next
                 # container given the old port finds somebody else's Drive there.
                 previous = dataclasses.replace(record, cloud_storage=list(record.cloud_storage))
+                logger.info(
+                    "host port changed from %d to %d: a restart the event stream missed",
+                    record.host_port,
+                    info.host_port,
+                    extra={"container_id": record.id},
+                )
                 self._registry.move_port(record, info.host_port)
                 record.cloud_storage.clear()
                 await self._write(record)
