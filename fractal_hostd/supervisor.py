@@ -395,7 +395,7 @@ class Service:
         return on_drain
 
     async def _on_gone(self, record: ContainerRecord) -> None:
-        if self._children is None or not self.cloud_storage.mounted_providers(record.host_port):
+        if self._children is None or not self.cloud_storage.has_mounts(record.host_port):
             return
         # Unmounting waits (bounded) for the container's last uploads: never hold the Docker
         # event stream for that. If shutdown cancels it, unmount_all finishes the job.

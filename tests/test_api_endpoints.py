@@ -15,6 +15,7 @@ import pytest
 import trio
 from quart.typing import TestClientProtocol as Client
 
+from fractal_hostd.containers import ContainerInfo
 from fractal_hostd.hoststate import DrainNotice, HeartbeatRecord
 from tests.api_fixtures import AUTH, SECRET, Api, container_id, make_api
 from tests.instance_fixtures import PUBLIC_METADATA
@@ -262,6 +263,28 @@ async def test_container_dying_while_its_mount_waits_is_not_mounted(
     assert answer.status_code == 406
     assert (await _json(answer))["error"] == f"no container with host port {PORT}"
     assert cloud.mounts == []
+
+
+async def test_container_restarted_onto_another_port_while_its_mount_waits_is_not_mounted(
+    api: Api, client: Client
+) -> None:
+    # A restart missed while the event stream was down: the reconcile keeps the record and
+    # moves its port. A request for the old port is no longer this container's.
+    record = await api.add_container(PORT)
+    cloud = api.cloud_storage
+    assert cloud is not None
+
+    async def restart_onto_another_port() -> None:
+        moved = ContainerInfo(id=record.id, host_port=PORT + 1, running=True)
+        await api.lifecycle.reconcile([moved])
+
+    cloud.before_turn = restart_onto_another_port
+    answer = await client.post("/mount_cloud_storage", json=MOUNT_BODY, headers=AUTH)
+
+    assert answer.status_code == 406
+    assert (await _json(answer))["error"] == f"no container with host port {PORT}"
+    assert cloud.mounts == []
+    assert record.cloud_storage == []
 
 
 async def test_mount_while_draining_is_406(api: Api, client: Client) -> None:

@@ -728,3 +728,96 @@ async def test_health_checks_of_a_hung_mount_cannot_use_up_the_process_threads(
             health_limiter = None
         while health_limiter is not None and health_limiter.borrowed_tokens:
             await trio.sleep(0.01)  # the hung threads end and hand back their tokens
+
+
+# --- a mount against its container's death (the leak the chaos suite found) -----------------
+
+
+async def test_a_mount_whose_container_died_while_rclone_ran_undoes_itself(
+    tools: FakeTools, root: Path, config_dir: Path
+) -> None:
+    # The container dies while rclone mounts, and nobody unmounts for it (its death's unmount
+    # found nothing yet, or the caller is cancelled right after): the mounter must undo it.
+    tools.behave("rclone", sleep=0.5)
+    storage = tools.storage(root, config_dir)
+    alive = True
+
+    async def die_while_mounting() -> None:
+        nonlocal alive
+        while not tools.calls("rclone"):
+            await trio.sleep(0.01)
+        alive = False
+
+    with trio.fail_after(LIMIT):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(die_while_mounting)
+            with pytest.raises(MountFailed, match=f"no container with host port {PORT}"):
+                await storage.mount(
+                    host_port=PORT,
+                    container_id=CONTAINER_ID,
+                    provider="google_drive",
+                    token=TOKEN,
+                    client_id=None,
+                    client_secret=None,
+                    is_current=lambda: alive,
+                )
+
+    assert str(root / "cloudStorage") not in tools.mounted()
+    assert storage.mounted_providers(PORT) == []
+    assert not storage.has_mounts(PORT)
+    assert not (root / "cloudStorage" / str(PORT)).exists()
+
+
+async def test_the_death_of_a_container_cancels_its_mount_in_flight(
+    tools: FakeTools, root: Path, config_dir: Path
+) -> None:
+    # rclone hangs; the container dies: its unmount must not wait for the mount's own time
+    # limit (60 s here), and nothing may be left once it returns.
+    tools.behave("rclone", sleep=120)
+    storage = tools.storage(root, config_dir, mount_timeout=60.0)
+    failures: list[Exception] = []
+
+    async def mount_it() -> None:
+        try:
+            await storage.mount(
+                host_port=PORT,
+                container_id=CONTAINER_ID,
+                provider="dropbox",
+                token=TOKEN,
+                client_id=None,
+                client_secret=None,
+                is_current=lambda: True,
+            )
+        except MountFailed as exc:
+            failures.append(exc)
+
+    with trio.fail_after(LIMIT):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(mount_it)
+            while not tools.calls("rclone"):
+                await trio.sleep(0.01)
+            assert storage.has_mounts(PORT)  # in flight: what a death's hook must see
+            await storage.unmount_container(PORT, container_id=CONTAINER_ID)
+            assert not storage.has_mounts(PORT)
+
+    assert [str(exc) for exc in failures] == [f"no container with host port {PORT}"]
+    assert str(root / "cloudStorage") not in tools.mounted()
+    assert storage.mounted_providers(PORT) == []
+    assert not (root / "cloudStorage" / str(PORT)).exists()
+
+
+async def test_the_death_of_another_container_leaves_a_mount_in_flight_alone(
+    tools: FakeTools, root: Path, config_dir: Path
+) -> None:
+    tools.behave("rclone", sleep=0.5)
+    storage = tools.storage(root, config_dir)
+
+    with trio.fail_after(LIMIT):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(mount, storage)
+            while not tools.calls("rclone"):
+                await trio.sleep(0.01)
+            # The port's previous container: its late unmount must not cancel the new mount.
+            await storage.unmount_container(PORT, container_id=OTHER_CONTAINER_ID)
+
+    assert storage.mounted_providers(PORT) == ["google_drive"]

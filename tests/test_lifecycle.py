@@ -358,18 +358,22 @@ async def test_adopt_repairs_garbage_keeping_what_the_container_read(
     with caplog.at_level(logging.WARNING):
         await new.lifecycle.adopt([running(1, 40001), running(2, 40002)])
     assert "mapping directory repaired: DPI holds garbage" in caplog.text
-    # DPI, ContainerARN and .ready stay (the container may have read them); the missing
-    # host port file is written again, before .ready.
+    # The TTY and ContainerARN stay (the container may have read them); the missing host
+    # port file is written again. The garbage DPI is no value of ours and the value is
+    # unknown: it goes, and `.ready`, which promised a DPI, with it (an error naming it).
     assert new.files(2) == {
         "hostPort_for_my_32262_tcp": "40002",
         "tty": "11",
-        "DPI": "ninety-six",
         "ContainerARN": "arn:2",
-        ".ready": ".ready",
     }
     assert new.registry.get(cid(2)) == ContainerRecord(
-        id=cid(2), host_port=40002, tty=11, dpi=None, container_arn="arn:2", ready=True
+        id=cid(2), host_port=40002, tty=11, dpi=None, container_arn="arn:2", ready=False
     )
+    assert "DPI in the mapping directory held no value of ours" in caplog.text
+    # The next start values make it ready again.
+    await new.lifecycle.set_start_values(40002, dpi=120)
+    assert new.files(2)["DPI"] == "120"
+    assert new.files(2)[".ready"] == ".ready"
 
 
 async def test_adopt_never_keeps_a_duplicate_tty(host: Host) -> None:
@@ -475,3 +479,91 @@ async def test_reconcile_applies_missed_events(host: Host) -> None:
     assert host.gone == [cid(1)]
     assert host.ttys() == {cid(2): 11, cid(3): 10}
     assert sorted(os.listdir(host.root)) == [cid(2), cid(3)]
+
+
+async def test_a_missed_restart_that_moved_the_port_ends_the_old_ports_run(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # dockerd gives a restarted container with a random host port a new one; with its die and
+    # start missed (stream down), the service sees the same id with another port. Its
+    # cloud-storage mounts are its previous run's, under the old port: the gone hook must see
+    # that run (old port) so they are unmounted, and the record keeps no mounted providers.
+    ended: list[tuple[str, int, list[str]]] = []
+
+    async def record_end(record: ContainerRecord) -> None:
+        ended.append((record.id, record.host_port, list(record.cloud_storage)))
+
+    caplog.set_level(logging.INFO, logger=LIFECYCLE_LOGGER)
+    host = Host(tmp_path / "containerResourceMappings", hook=record_end)
+    await host.lifecycle.on_running(running(1, 40001))
+    record = host.registry.by_host_port(40001)
+    assert record is not None
+    record.cloud_storage.append("google_drive")  # what the mount route does
+
+    await host.lifecycle.reconcile([running(1, 40002)])
+
+    assert ended == [(cid(1), 40001, ["google_drive"])]
+    assert "host port changed from 40001 to 40002" in caplog.text
+    assert host.registry.by_host_port(40002) is record
+    assert record.cloud_storage == []
+    assert host.files(1)["hostPort_for_my_32262_tcp"] == "40002"
+    assert host.files(1)["tty"] == "10"  # the TTY stays: contract §8
+
+
+@pytest.mark.parametrize("name", ["DPI", "ContainerARN"])
+async def test_adopt_removes_a_link_at_a_value_and_ready_with_it(
+    host: Host, name: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A link planted at DPI (or ContainerARN) before a restart: its value is unknown to the
+    # new incarnation, and `.ready` promises one. The link goes (never followed), `.ready`
+    # goes, the target outside is untouched; an error names the container.
+    outside = tmp_path / "outside"
+    outside.write_text("96")
+    await host.lifecycle.on_running(running(1, 40001))
+    await host.lifecycle.set_start_values(40001, dpi=96, container_arn="arn:1")
+    (host.root / cid(1) / name).unlink()
+    (host.root / cid(1) / name).symlink_to(outside)
+    new = host.restart()
+    with caplog.at_level(logging.ERROR, logger=LIFECYCLE_LOGGER):
+        await new.lifecycle.adopt([running(1, 40001)])
+
+    files = sorted(os.listdir(host.root / cid(1)))
+    assert name not in files
+    assert ".ready" not in files
+    assert outside.read_text() == "96"
+    record = new.registry.get(cid(1))
+    assert record is not None
+    assert not record.ready
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert [getattr(r, "container_id", None) for r in errors] == [cid(1)]
+
+
+async def test_reconcile_replaces_a_link_at_a_known_value(host: Host, tmp_path: Path) -> None:
+    # Without a restart the service knows the values it wrote: a link planted at DPI or
+    # ContainerARN is replaced with them, `.ready` stays (the container is ready).
+    outside = tmp_path / "outside"
+    outside.write_text("keep me")
+    await host.lifecycle.on_running(running(1, 40001))
+    await host.lifecycle.set_start_values(40001, dpi=96, container_arn="arn:1")
+    for name in ("DPI", "ContainerARN", ".ready"):
+        (host.root / cid(1) / name).unlink()
+        (host.root / cid(1) / name).symlink_to(outside)
+
+    await host.lifecycle.reconcile([running(1, 40001)])
+
+    assert host.files(1) == {
+        "hostPort_for_my_32262_tcp": "40001",
+        "tty": "10",
+        "DPI": "96",
+        "ContainerARN": "arn:1",
+        ".ready": ".ready",
+    }
+    assert outside.read_text() == "keep me"
+
+
+async def test_reconcile_leaves_an_intact_directory_unwritten(host: Host) -> None:
+    await host.lifecycle.on_running(running(1, 40001))
+    await host.lifecycle.set_start_values(40001, dpi=96)
+    before = os.stat(host.root / cid(1) / ".ready").st_ino
+    await host.lifecycle.reconcile([running(1, 40001)])
+    assert os.stat(host.root / cid(1) / ".ready").st_ino == before

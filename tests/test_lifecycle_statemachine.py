@@ -89,7 +89,8 @@ class LifecycleMachine(RuleBasedStateMachine):
         self.told: dict[str, int] = {}  # what the lifecycle believes runs
         # id -> (dpi, arn) of a ready container; dpi None: garbage DPI adopted as unknown
         self.start_values: dict[str, tuple[int | None, str | None]] = {}
-        self.garbage_left: dict[str, dict[str, str]] = {}  # id -> files adoption keeps as is
+        # id -> ContainerARN kept on disk by a container no longer ready (its DPI was garbage)
+        self.arn_left: dict[str, str] = {}
         self.unmounted: list[str] = []
         self._boot()
 
@@ -130,7 +131,7 @@ class LifecycleMachine(RuleBasedStateMachine):
     def _sync_told_with_world(self) -> None:
         for gone in set(self.told) - set(self.world):
             self.start_values.pop(gone, None)
-            self.garbage_left.pop(gone, None)
+            self.arn_left.pop(gone, None)
         self.told = dict(self.world)
 
     # --- events the stream delivers -------------------------------------------------
@@ -182,7 +183,7 @@ class LifecycleMachine(RuleBasedStateMachine):
         assert self.unmounted == [container_id]
         del self.told[container_id]
         self.start_values.pop(container_id, None)
-        self.garbage_left.pop(container_id, None)
+        self.arn_left.pop(container_id, None)
 
     @precondition(lambda self: self.told)
     @rule(data=st.data(), offset=st.integers(0, len(PORTS) - 1))
@@ -193,7 +194,7 @@ class LifecycleMachine(RuleBasedStateMachine):
         del self.told[container_id]
         self.world.pop(container_id, None)
         self.start_values.pop(container_id, None)
-        self.garbage_left.pop(container_id, None)
+        self.arn_left.pop(container_id, None)
         port = self._free_port(offset)
         self.world[container_id] = port
         run(self.lifecycle.on_running, ContainerInfo(container_id, port, True))
@@ -223,9 +224,13 @@ class LifecycleMachine(RuleBasedStateMachine):
             return
         record = run(self._set, self.told[container_id], dpi, arn)
         assert record.id == container_id
-        old_arn = self.start_values.get(container_id, (0, None))[1]
+        old_arn = self._old_arn(container_id)
         self.start_values[container_id] = (dpi, arn if arn is not None else old_arn)
-        self.garbage_left.get(container_id, {}).pop("DPI", None)
+
+    def _old_arn(self, container_id: str) -> str | None:
+        """The ARN on disk before new start values (they keep it unless they bring one)."""
+        kept = self.arn_left.pop(container_id, None)
+        return self.start_values.get(container_id, (0, kept))[1]
 
     async def _set(self, port: int, dpi: int, arn: str | None) -> ContainerRecord:
         return await self.lifecycle.set_start_values(port, dpi=dpi, container_arn=arn)
@@ -270,9 +275,8 @@ class LifecycleMachine(RuleBasedStateMachine):
             return
         except OSError:
             pass  # the API's 406; the values land with the retry
-        old_arn = self.start_values.get(container_id, (0, None))[1]
+        old_arn = self._old_arn(container_id)
         self.start_values[container_id] = (dpi, old_arn)
-        self.garbage_left.get(container_id, {}).pop("DPI", None)
 
     async def _drain(self) -> None:
         with trio.fail_after(30):
@@ -324,18 +328,23 @@ class LifecycleMachine(RuleBasedStateMachine):
         self.world.setdefault(victim, self.told[victim])
         self._boot()
         run(self.lifecycle.adopt, self._infos())
-        # Adoption repairs what it can and removes nothing the container may have read.
-        if name == "DPI" and victim in self.start_values:
-            self.start_values[victim] = (None, self.start_values[victim][1])
+        # Adoption repairs what it can. A garbage DPI is no value of ours, and unknown now:
+        # it is removed, and `.ready` (which promised a DPI) with it; the ARN stays.
         if name == "DPI":
-            self.garbage_left.setdefault(victim, {})["DPI"] = GARBAGE[name]
+            self._not_ready(victim)
         if name == ".ready" and victim not in self.start_values:
-            self.start_values[victim] = (None, None)  # a `.ready` counts, whoever made it
+            # a `.ready` counts, whoever made it
+            self.start_values[victim] = (None, self.arn_left.pop(victim, None))
         record = self.registry.get(victim)
         assert record is not None
         if record.tty is None:
-            self.start_values.pop(victim, None)  # never ready without a TTY
+            self._not_ready(victim)  # never ready without a TTY
         self._sync_told_with_world()
+
+    def _not_ready(self, container_id: str) -> None:
+        values = self.start_values.pop(container_id, None)
+        if values is not None and values[1] is not None:
+            self.arn_left[container_id] = values[1]
 
     @precondition(lambda self: len(self.told) >= 2)
     @rule(data=st.data())
@@ -388,7 +397,9 @@ class LifecycleMachine(RuleBasedStateMachine):
                     expected["ContainerARN"] = arn
             else:
                 assert not record.ready
-            expected.update(self.garbage_left.get(record.id, {}))
+                assert record.container_arn == self.arn_left.get(record.id)
+                if record.id in self.arn_left:
+                    expected["ContainerARN"] = self.arn_left[record.id]
             assert files == expected
 
 

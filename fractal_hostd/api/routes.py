@@ -170,11 +170,14 @@ def register_routes(app: QuartTrio, ctx: ApiContext) -> None:
                 token=mount.token,
                 client_id=mount.client_id,
                 client_secret=mount.client_secret,
-                is_current=lambda: ctx.registry.get(record.id) is record,
+                # The same run: a missed restart keeps the record but moves its port.
+                is_current=lambda: (
+                    ctx.registry.get(record.id) is record and record.host_port == mount.host_port
+                ),
             )
         except MountFailed as exc:
             raise NotCarriedOut(str(exc)) from exc
-        if ctx.registry.get(record.id) is not record:
+        if ctx.registry.get(record.id) is not record or record.host_port != mount.host_port:
             # The container died while rclone was mounting: its unmount hook has already run
             # and found nothing, so this mount would be left behind. Only its own: Docker may
             # already have given the port to a new container, whose mounts must stay.

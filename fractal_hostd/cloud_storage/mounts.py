@@ -12,6 +12,13 @@ oauthutil.reReadToken), so the mount continues with the new credentials.
 
 Unmounting never removes files recursively under `$root/cloudStorage` (a stale or live FUSE
 mount there is somebody's Drive): only `rmdir` of directories that are empty.
+
+Mount against death: a mount is registered as in flight (with the container it is for) in the
+same step as its request is found current, before rclone runs, and stays registered until it
+is in `_mounts`. The container's death (`unmount_container`) cancels an in-flight mount of
+that container and then releases what is there; a mount that finishes and finds its container
+no longer current undoes itself before it answers. Whichever comes first, no mount outlives
+its container (docs/chaos.md, the leak the chaos suite found).
 """
 
 from __future__ import annotations
@@ -85,6 +92,14 @@ class _Mount:
     cache_dir: Path
 
 
+@dataclass(frozen=True)
+class _InFlight:
+    """A mount being made: its container's death cancels `scope`."""
+
+    container_id: str
+    scope: trio.CancelScope
+
+
 class CloudStorage:
     def __init__(
         self,
@@ -112,6 +127,7 @@ class CloudStorage:
         self._mountinfo_path = mountinfo_path
         self._backend_override = backend_override
         self._mounts: dict[Key, _Mount] = {}
+        self._in_flight: dict[Key, _InFlight] = {}
         self._locks: defaultdict[Key, trio.Lock] = defaultdict(trio.Lock)
 
     def mount_point(self, host_port: int, provider: str) -> Path:
@@ -119,6 +135,14 @@ class CloudStorage:
 
     def mounted_providers(self, host_port: int) -> list[str]:
         return [provider for provider in PROVIDERS if (host_port, provider) in self._mounts]
+
+    def has_mounts(self, host_port: int) -> bool:
+        """Whether anything of this host port is mounted or being mounted: what a container's
+        death must unmount (an in-flight mount counts, its unmount cancels it)."""
+        return any(
+            (host_port, provider) in self._mounts or (host_port, provider) in self._in_flight
+            for provider in PROVIDERS
+        )
 
     async def mount(
         self,
@@ -136,7 +160,9 @@ class CloudStorage:
         `is_current` says whether `container_id` still holds `host_port`. It is asked once the
         request has its turn (requests for one mount point run one after the other): a request
         of a container that died while it waited must not replace the mount that the port's
-        next container made meanwhile.
+        next container made meanwhile. It is asked again once the mount is made: a container
+        that died meanwhile gets no mount (undone here, under the mount point's lock, shielded
+        from the caller's cancellation), whether or not its death's unmount cancelled it.
         """
         if provider not in PROVIDERS:
             raise MountFailed(f"provider must be one of: {', '.join(PROVIDERS)}")
@@ -154,13 +180,37 @@ class CloudStorage:
             raise MountFailed(f"invalid {exc.field_name}: {exc.reason}") from None
         key = (host_port, provider)
         secrets = secret_values(token, client_secret)
+        gone = MountFailed(f"no container with host port {host_port}")
         async with self._locks[key]:
             if is_current is not None and not is_current():
-                raise MountFailed(f"no container with host port {host_port}")
+                raise gone
+            # No checkpoint between the check above and this: a death handled from here on
+            # finds the mount in flight (and cancels it) or, later, in `_mounts`.
+            flight = _InFlight(container_id, trio.CancelScope())
+            self._in_flight[key] = flight
+            mount_point: Path | None = None
             try:
-                return await self._mount_locked(key, container_id, backend, config_text, secrets)
+                with flight.scope:
+                    mount_point = await self._mount_locked(
+                        key, container_id, backend, config_text, secrets
+                    )
             except OSError as exc:  # mountinfo unreadable, config not writable, ...
                 raise MountFailed(f"cloud storage error: {exc.strerror}") from None
+            finally:
+                del self._in_flight[key]
+            if mount_point is None or (is_current is not None and not is_current()):
+                # Its container died while rclone mounted: nobody else will unmount this.
+                logger.info(
+                    "cloud storage mount undone: its container is gone",
+                    extra={
+                        "host_port": host_port,
+                        "provider": provider,
+                        "container_id": container_id,
+                    },
+                )
+                await self._clean_up_after_failure(key)
+                raise gone
+            return mount_point
 
     async def _mount_locked(
         self,
@@ -219,6 +269,10 @@ class CloudStorage:
         is left alone: the providers are released one after the other, and while one drains,
         Docker may already have given the port to a new container that mounted the other.
         """
+        for provider in PROVIDERS:
+            flight = self._in_flight.get((host_port, provider))
+            if flight is not None and container_id in (None, flight.container_id):
+                flight.scope.cancel()  # the mount undoes itself, then we get the lock
         deadline = trio.current_time() + (self._drain_timeout if drain else 0.0)
         await self._unmount_port(
             host_port, container_id=container_id, deadline=deadline, keep_pending=False

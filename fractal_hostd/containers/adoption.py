@@ -10,7 +10,10 @@ carries the plan out. Everything found on disk is untrusted input (contract §3)
 - a running managed container's directory is adopted, file by file: what parses is kept
   (its TTY, DPI, ContainerARN, `.ready`), garbage is logged and repaired from what we know
   (host port from Docker, a new TTY), and the lifecycle rewrites whatever is missing. Nothing
-  the container may already have read (DPI, ContainerARN, `.ready`) is removed;
+  the container may already have read (DPI, ContainerARN, `.ready`) is removed, except a
+  DPI or ContainerARN that is no value of ours (a link, a special file, garbage): its value
+  is unknown now, so the lifecycle's write removes it and `.ready` with it (logged as an
+  error), since `.ready` promises the values (MappingDir.write);
 - a directory without a usable `tty` gets a TTY now if one is free;
 - two directories claiming one TTY: the ready one keeps it (its container has read it), then
   the lower id; the other is given a new TTY (`.ready` rewritten after it, if it was ready);

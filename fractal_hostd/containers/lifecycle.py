@@ -17,6 +17,7 @@ for another event (contract §3).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import math
@@ -45,6 +46,8 @@ from fractal_hostd.containers.registry import ContainerRecord, ContainerRegistry
 
 logger = logging.getLogger(__name__)
 
+# Called when a run of a container is over (it died, or a missed restart moved its port):
+# the record holds the host port of that run.
 GoneHook = Callable[[ContainerRecord], Awaitable[None]]
 T = TypeVar("T")
 
@@ -202,9 +205,21 @@ class ContainerLifecycle:
             if record is None:
                 await self._start(info)
             elif record.host_port != info.host_port:
-                # Only a missed die+start can change a live container's port.
+                # Only a missed die+start can change a live container's port. What was
+                # mounted for it under the old port is its previous run's, and stale: the
+                # hook unmounts it as it would have at the missed die, before the next
+                # container given the old port finds somebody else's Drive there.
+                previous = dataclasses.replace(record, cloud_storage=list(record.cloud_storage))
+                logger.info(
+                    "host port changed from %d to %d: a restart the event stream missed",
+                    record.host_port,
+                    info.host_port,
+                    extra={"container_id": record.id},
+                )
                 self._registry.move_port(record, info.host_port)
+                record.cloud_storage.clear()
                 await self._write(record)
+                await self._run_gone_hook(previous)
 
     async def on_gone(self, container_id: str) -> None:
         """Die or destroy (idempotent, unknown ids fine): unmount cloud storage, remove the
@@ -225,10 +240,7 @@ class ContainerLifecycle:
                     await trio.lowlevel.checkpoint()
                 return
             try:
-                if self._on_gone_hook is not None:
-                    await self._on_gone_hook(record)
-            except Exception:
-                logger.exception("on_gone hook failed", extra={"container_id": container_id})
+                await self._run_gone_hook(record)
             finally:
                 # Shielded: it completes even when we are being cancelled.
                 with trio.CancelScope(shield=True):
@@ -287,6 +299,11 @@ class ContainerLifecycle:
                 record.container_arn = container_arn
             record.ready = True
             error = await self._write(record)
+            if error is None and not record.ready:
+                # An untrusted ContainerARN (not in this request) was removed, and `.ready`
+                # with it: these start values make the container ready again without it.
+                record.ready = True
+                error = await self._write(record)
             if error is not None:
                 raise error
             return record
@@ -305,6 +322,15 @@ class ContainerLifecycle:
             extra={"container_id": record.id},
         )
 
+    async def _run_gone_hook(self, record: ContainerRecord) -> None:
+        """The hook (cloud-storage unmount) for a run of a container that is over: `record`
+        holds the host port it had. Its failure is logged, never raised."""
+        try:
+            if self._on_gone_hook is not None:
+                await self._on_gone_hook(record)
+        except Exception:
+            logger.exception("on_gone hook failed", extra={"container_id": record.id})
+
     def _give_tty(self, record: ContainerRecord) -> None:
         record.tty = self._pool.assign()
         if record.tty is None:
@@ -316,16 +342,10 @@ class ContainerLifecycle:
     async def _write(self, record: ContainerRecord) -> OSError | None:
         """Make the disk match `record` (caller holds its lock, or runs adoption); on failure
         schedule a retry and return the error."""
-        files = MappingFiles(
-            host_port=record.host_port,
-            tty=record.tty,
-            dpi=record.dpi,
-            container_arn=record.container_arn,
-            ready=record.ready,
-        )
+        files = _files_of(record)
         mapping = MappingDir(self._mappings_dir, record.id)
         try:
-            await self._io(mapping.write, files)
+            untrusted = await self._io(mapping.write, files)
         except OSError as exc:
             # Error level (Sentry) once; the retries of a disk that stays full only at debug.
             log = logger.debug if record.files_pending else logger.error
@@ -339,6 +359,17 @@ class ContainerLifecycle:
         except BaseException:
             self._schedule_retry(record)  # cancelled mid-write: the disk state is unknown
             raise
+        if untrusted:
+            # A link, a special file or garbage where a value we do not know should be: not
+            # the container's value, and `.ready` promised one (contract §3). Both removed.
+            logger.error(
+                "%s in the mapping directory held no value of ours (a link, a special file or "
+                "garbage) and the value is unknown: removed, and .ready with it, until the "
+                "webserver sends the start values again",
+                " and ".join(untrusted),
+                extra={"container_id": record.id},
+            )
+            record.ready = False
         if record.files_pending:
             logger.info("mapping directory written after all", extra={"container_id": record.id})
         record.files_pending = False
@@ -388,8 +419,16 @@ class ContainerLifecycle:
 
     async def _check_entries(self, leave_alone: Container[str] = frozenset()) -> None:
         """Remove entries of containers we do not know; rewrite a live container's directory
-        when something else took its place (a container may have replaced it by a link)."""
+        when something else took its place (a container may have replaced it by a link) or
+        when a file in it is not what we wrote (a link or garbage at a value: replaced with
+        the value we know, else removed with `.ready`, see MappingDir.write)."""
         entries = await self._io(list_mapping_entries, self._mappings_dir)
+        wanted = {
+            name: files
+            for name, kind in entries
+            if kind == "dir" and (files := self._wanted_files(name)) is not None
+        }
+        tampered = await self._io(_tampered_dirs, self._mappings_dir, wanted)
         for name, kind in entries:
             if not is_container_id(name) or name in self._locks or name in leave_alone:
                 continue  # not ours, being handled right now, or left to a newer event
@@ -404,6 +443,16 @@ class ContainerLifecycle:
                         extra={"container_id": name},
                     )
                     await self._write(record)
+                elif name in tampered and not record.files_pending:
+                    logger.warning(
+                        "a mapping directory does not hold what was written: rewriting it",
+                        extra={"container_id": name},
+                    )
+                    await self._write(record)
+
+    def _wanted_files(self, container_id: str) -> MappingFiles | None:
+        record = self._registry.get(container_id)
+        return None if record is None else _files_of(record)
 
     async def _io(self, fn: Callable[..., T], *args: Any) -> T:
         return await self._run_blocking(functools.partial(fn, *args))
@@ -419,6 +468,21 @@ class ContainerLifecycle:
             slot.users -= 1
             if slot.users == 0:
                 del self._locks[container_id]
+
+
+def _files_of(record: ContainerRecord) -> MappingFiles:
+    return MappingFiles(
+        host_port=record.host_port,
+        tty=record.tty,
+        dpi=record.dpi,
+        container_arn=record.container_arn,
+        ready=record.ready,
+    )
+
+
+def _tampered_dirs(mappings_dir: Path, wanted: dict[str, MappingFiles]) -> set[str]:
+    """The ids whose directory differs from what they should hold (one thread for all)."""
+    return {cid for cid, files in wanted.items() if MappingDir(mappings_dir, cid).tampered(files)}
 
 
 def _live_managed(running: Sequence[ContainerInfo]) -> dict[str, ContainerInfo]:

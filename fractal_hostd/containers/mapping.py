@@ -19,6 +19,12 @@ rewrites only what differs, and keeps contract §3's order:
 `read` is lenient: each file is judged alone, so garbage in one never costs the container the
 others (adoption keeps DPI, ContainerARN and ``.ready``; it repairs what is missing).
 
+An untrusted ``DPI`` or ``ContainerARN`` (a link, a non-regular file, garbage) is replaced
+when the value is known; when it is not, `write` removes it, and ``.ready`` before it:
+``.ready`` vouches for the values, and this one is not the container's (it returns the names
+so the lifecycle can say so). `tampered` tells, by reading only, whether a directory no
+longer holds what `write` would make of it (the reconcile's check).
+
 The I/O blocks (fsyncs); the lifecycle runs it in a worker thread. See docs/containers.md.
 """
 
@@ -94,26 +100,42 @@ class MappingDir:
         self._root = mappings_dir.parent
         self._parts = (mappings_dir.name, container_id)
 
-    def write(self, files: MappingFiles) -> None:
+    def write(self, files: MappingFiles) -> tuple[str, ...]:
         """Make the directory hold `files` (see the module doc for the order). Raises OSError
-        when a file cannot be written; calling it again later finishes the job."""
+        when a file cannot be written; calling it again later finishes the job. Returns the
+        untrusted value files it removed (unknown values: `.ready` was removed too)."""
         with safefs.opened(_open_dir(self._root, self._parts)) as dir_fd:
             os.fchmod(dir_fd, DIR_MODE)  # also repairs a mode a container changed
             base: list[tuple[str, str | None]] = [(HOST_PORT_FILE, str(files.host_port))]
             base.append((TTY_FILE, None if files.tty is None else str(files.tty)))
             stale = [(name, value) for name, value in base if _current(dir_fd, name) != value]
-            if (stale or files.tty is None) and safefs.remove_file(dir_fd, READY_FILE):
+            values, untrusted = _value_changes(dir_fd, files)
+            ready_wanted = files.ready and files.tty is not None and not untrusted
+            if (stale or not ready_wanted) and safefs.remove_file(dir_fd, READY_FILE):
                 safefs.fsync_fd(dir_fd)  # `.ready` is gone before anything it vouches for goes
             wrote = _put(dir_fd, stale)
-            values: list[tuple[str, str | None]] = []
-            if files.dpi is not None:
-                values.append((DPI_FILE, str(files.dpi)))
-            if files.container_arn is not None:
-                values.append((ARN_FILE, files.container_arn))
-            wrote += _put(dir_fd, [(n, v) for n, v in values if _current(dir_fd, n) != v])
-            ready_wanted = files.ready and files.tty is not None
+            _put(dir_fd, [(name, None) for name in untrusted])
+            wrote += _put(dir_fd, values)
             if ready_wanted and (wrote or _current(dir_fd, READY_FILE) != READY_CONTENT):
                 safefs.write_file(dir_fd, READY_FILE, READY_CONTENT.encode(), mode=FILE_MODE)
+            return untrusted
+
+    def tampered(self, files: MappingFiles) -> bool:
+        """Whether `write(files)` would change anything (reads only; a directory that cannot
+        be opened counts as tampered: the write decides)."""
+        try:
+            dir_fd = safefs.open_path(self._root, self._parts)
+        except OSError:
+            return True
+        with safefs.opened(dir_fd):
+            if _current(dir_fd, HOST_PORT_FILE) != str(files.host_port):
+                return True
+            if _current(dir_fd, TTY_FILE) != (None if files.tty is None else str(files.tty)):
+                return True
+            values, untrusted = _value_changes(dir_fd, files)
+            ready_wanted = files.ready and files.tty is not None
+            ready = _current(dir_fd, READY_FILE)
+            return bool(values or untrusted) or (ready == READY_CONTENT) != ready_wanted
 
     def read(self) -> MappingContents:
         """Read the directory back, each file on its own. Raises OSError (FileNotFoundError,
@@ -199,6 +221,31 @@ def _current(dir_fd: int, name: str) -> str | _Garbage | None:
 
 # Errors of the disk, not of the file: reading again later may well succeed.
 _TRANSIENT = frozenset({errno.EIO, errno.ENOSPC, errno.EROFS})
+
+
+def _value_changes(
+    dir_fd: int, files: MappingFiles
+) -> tuple[list[tuple[str, str | None]], tuple[str, ...]]:
+    """The DPI/ContainerARN files to (re)write, and those to remove as untrusted: a link, a
+    non-regular file or garbage where the value is not known (None: left as it is)."""
+    changes: list[tuple[str, str | None]] = []
+    untrusted: list[str] = []
+    for name, wanted in ((DPI_FILE, files.dpi), (ARN_FILE, files.container_arn)):
+        current = _current(dir_fd, name)
+        if wanted is not None:
+            text = str(wanted)
+            if current != text:
+                changes.append((name, text))
+        elif isinstance(current, _Garbage) or not _is_value(name, current):
+            untrusted.append(name)
+    return changes, tuple(untrusted)
+
+
+def _is_value(name: str, text: str | None) -> bool:
+    """Whether `text` (None: no file) could be a value we wrote at `name`."""
+    if text is None:
+        return True
+    return is_valid_dpi(_parse_int(text)) if name == DPI_FILE else is_valid_arn(text)
 
 
 def _put(dir_fd: int, values: list[tuple[str, str | None]]) -> int:

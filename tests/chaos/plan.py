@@ -73,8 +73,6 @@ REAL_ONLY = {"dockerd_kill", "dockerd_kill_always"}
 DEFAULT_DISABLED: set[str] = {
     "lost_events",  # events dropped by dockerd: only the 300 s reconcile repairs them
     "reorder_events",  # a die handled after its container's next start removes a live dir
-    "api_mount_ok",  # a mount racing its container's death, or a missed restart, leaks it
-    "plant_link_value",  # a link planted at DPI leaves .ready beside no readable DPI (seed 7)
 }
 
 
