@@ -20,7 +20,7 @@ from quart_trio import QuartTrio
 from fractal_hostd.api.app import create_app
 from fractal_hostd.api.server import serve_api
 from fractal_hostd.api.tls import TlsFiles, generate_certificate
-from fractal_hostd.cloud_storage.mounts import MountFailed
+from fractal_hostd.cloud_storage.mounts import MountFailed, MountRequest
 from fractal_hostd.containers.info import ContainerInfo
 from fractal_hostd.containers.lifecycle import ContainerLifecycle, run_inline
 from fractal_hostd.containers.registry import ContainerRecord, ContainerRegistry
@@ -63,15 +63,12 @@ class FakeCloudStorage:
 
     async def mount(
         self,
+        request: MountRequest,
         *,
-        host_port: int,
         container_id: str,
-        provider: str,
-        token: Any,
-        client_id: str | None,
-        client_secret: str | None,
         is_current: Callable[[], bool] | None = None,
     ) -> Path:
+        host_port, provider = request.host_port, request.provider
         if self.before_turn is not None:
             await self.before_turn()
         if is_current is not None and not is_current():  # the real one asks before rclone runs
@@ -85,9 +82,9 @@ class FakeCloudStorage:
                 "host_port": host_port,
                 "container_id": container_id,
                 "provider": provider,
-                "token": token,
-                "client_id": client_id,
-                "client_secret": client_secret,
+                "token": request.token,
+                "client_id": request.client_id,
+                "client_secret": request.client_secret,
             }
         )
         self.mounted[(host_port, provider)] = container_id

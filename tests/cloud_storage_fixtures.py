@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import trio
 
-from fractal_hostd.cloud_storage.mounts import CloudStorage, MountOptions, OAuthToken
+from fractal_hostd.cloud_storage.mounts import CloudStorage, MountOptions, MountRequest, OAuthToken
 
 FAKE_RCLONE = Path(__file__).parent / "fakes" / "fake_rclone.py"
 PORT = 32768  # the container's host port in every cloud-storage test
@@ -145,10 +145,6 @@ async def mount(
 ) -> Path:
     with trio.fail_after(bound):
         return await storage.mount(
-            host_port=host_port,
+            MountRequest(host_port, provider, token, client_id, client_secret),
             container_id=container_id,
-            provider=provider,
-            token=token,
-            client_id=client_id,
-            client_secret=client_secret,
         )

@@ -101,6 +101,8 @@ def test_mount_request_builds_the_token() -> None:
     assert request.token.expiry == "2026-01-01T00:00:00Z"
     assert (request.client_id, request.client_secret) == (None, None)
     assert "SECRET-A" not in repr(request)
+    with_secret = parse_mount_request({**MOUNT, "client_secret": "SECRET-C"})
+    assert "SECRET-C" not in repr(with_secret)
 
 
 @pytest.mark.parametrize(

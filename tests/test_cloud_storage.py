@@ -21,7 +21,7 @@ import pytest
 import trio
 
 from fractal_hostd.cloud_storage import rclone_mount
-from fractal_hostd.cloud_storage.mounts import CloudStorage, MountFailed, OAuthToken
+from fractal_hostd.cloud_storage.mounts import CloudStorage, MountFailed, MountRequest, OAuthToken
 from fractal_hostd.process import child_process
 from tests.cloud_storage_fixtures import (
     ACCESS_TOKEN,
@@ -188,12 +188,8 @@ async def test_request_of_a_container_gone_while_it_waited_spares_the_new_contai
     with pytest.raises(MountFailed, match=f"no container with host port {PORT}"):
         with trio.fail_after(LIMIT):
             await storage.mount(
-                host_port=PORT,
+                MountRequest(PORT, "google_drive", TOKEN, None, None),
                 container_id=CONTAINER_ID,
-                provider="google_drive",
-                token=TOKEN,
-                client_id=None,
-                client_secret=None,
                 is_current=lambda: False,
             )
 
@@ -753,12 +749,8 @@ async def test_a_mount_whose_container_died_while_rclone_ran_undoes_itself(
             nursery.start_soon(die_while_mounting)
             with pytest.raises(MountFailed, match=f"no container with host port {PORT}"):
                 await storage.mount(
-                    host_port=PORT,
+                    MountRequest(PORT, "google_drive", TOKEN, None, None),
                     container_id=CONTAINER_ID,
-                    provider="google_drive",
-                    token=TOKEN,
-                    client_id=None,
-                    client_secret=None,
                     is_current=lambda: alive,
                 )
 
@@ -780,12 +772,8 @@ async def test_the_death_of_a_container_cancels_its_mount_in_flight(
     async def mount_it() -> None:
         try:
             await storage.mount(
-                host_port=PORT,
+                MountRequest(PORT, "dropbox", TOKEN, None, None),
                 container_id=CONTAINER_ID,
-                provider="dropbox",
-                token=TOKEN,
-                client_id=None,
-                client_secret=None,
                 is_current=lambda: True,
             )
         except MountFailed as exc:

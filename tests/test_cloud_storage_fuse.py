@@ -27,6 +27,7 @@ from fractal_hostd.cloud_storage.mounts import (
     CloudStorage,
     MountFailed,
     MountOptions,
+    MountRequest,
     check_prerequisites,
 )
 from fractal_hostd.cloud_storage.rclone_mount import mount_answers
@@ -350,12 +351,8 @@ async def test_a_planted_link_gets_no_mount_and_no_unmount(
         (root / "cloudStorage" / str(PORT) / "Google Drive").symlink_to(victim / "Google Drive")
         target = victim / "Google Drive"
     other = await storage.mount(
-        host_port=PORT + 1,
+        MountRequest(PORT + 1, "google_drive", TOKEN, CLIENT_ID, CLIENT_SECRET),
         container_id=CONTAINER_ID,
-        provider="google_drive",
-        token=TOKEN,
-        client_id=CLIENT_ID,
-        client_secret=CLIENT_SECRET,
     )
 
     with trio.fail_after(LIMIT), pytest.raises(MountFailed, match="symbolic link"):

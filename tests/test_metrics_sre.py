@@ -16,7 +16,7 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from fractal_hostd.api.app import _MeasuredMounts
-from fractal_hostd.cloud_storage.mounts import MountFailed, OAuthToken
+from fractal_hostd.cloud_storage.mounts import MountFailed, MountRequest, OAuthToken
 from fractal_hostd.history import ContainerHistory
 from fractal_hostd.hoststate import HeartbeatRecord, HostState
 from fractal_hostd.metrics import Metrics
@@ -109,12 +109,8 @@ async def test_a_cancelled_mount_is_not_a_mount_failure(tmp_path: Path) -> None:
     mounts = _MeasuredMounts(cloud, metrics, ContainerHistory(list))
     with trio.move_on_after(0.01):
         await mounts.mount(
-            host_port=PORT,
+            MountRequest(PORT, "dropbox", OAuthToken("a", "r", "e", "t"), None, None),
             container_id="c",
-            provider="dropbox",
-            token=OAuthToken("a", "r", "e", "t"),
-            client_id=None,
-            client_secret=None,
         )
     text = generate_latest(metrics.registry).decode()
     failures = [

@@ -27,7 +27,7 @@ from fractal_hostd.api.auth import Authenticator
 from fractal_hostd.api.errors import ApiError
 from fractal_hostd.api.limits import BODY_TIMEOUT_SECONDS, MAX_BODY_BYTES
 from fractal_hostd.api.routes import ApiContext, CloudStorageMounter, register_routes
-from fractal_hostd.cloud_storage.mounts import OAuthToken
+from fractal_hostd.cloud_storage.mounts import MountRequest
 from fractal_hostd.containers.lifecycle import ContainerLifecycle
 from fractal_hostd.containers.registry import ContainerRegistry
 from fractal_hostd.history import ContainerHistory, service_errors
@@ -108,25 +108,16 @@ class _MeasuredMounts:
 
     async def mount(
         self,
+        request: MountRequest,
         *,
-        host_port: int,
         container_id: str,
-        provider: str,
-        token: OAuthToken,
-        client_id: str | None,
-        client_secret: str | None,
         is_current: Callable[[], bool] | None = None,
     ) -> Path:
+        provider = request.provider
         started = trio.current_time()
         try:
             mount_point = await self._inner.mount(
-                host_port=host_port,
-                container_id=container_id,
-                provider=provider,
-                token=token,
-                client_id=client_id,
-                client_secret=client_secret,
-                is_current=is_current,
+                request, container_id=container_id, is_current=is_current
             )
         except Exception:  # a cancel (client gone, shutdown) is not the mount's failure
             self._metrics.mount_done(provider, trio.current_time() - started, ok=False)

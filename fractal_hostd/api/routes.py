@@ -35,7 +35,7 @@ from fractal_hostd.api.validation import (
     parse_mount_request,
     parse_start_values_request,
 )
-from fractal_hostd.cloud_storage.mounts import MountFailed, OAuthToken
+from fractal_hostd.cloud_storage.mounts import MountFailed, MountRequest
 from fractal_hostd.containers.lifecycle import (
     ContainerLifecycle,
     ContainerUnknown,
@@ -60,13 +60,9 @@ class CloudStorageMounter(Protocol):
 
     async def mount(
         self,
+        request: MountRequest,
         *,
-        host_port: int,
         container_id: str,
-        provider: str,
-        token: OAuthToken,
-        client_id: str | None,
-        client_secret: str | None,
         is_current: Callable[[], bool] | None = None,
     ) -> Path: ...
 
@@ -164,12 +160,8 @@ def register_routes(app: QuartTrio, ctx: ApiContext) -> None:
         record = await _container_for(ctx, mount.host_port)
         try:
             mount_point = await ctx.cloud_storage.mount(
-                host_port=mount.host_port,
+                mount,
                 container_id=record.id,
-                provider=mount.provider,
-                token=mount.token,
-                client_id=mount.client_id,
-                client_secret=mount.client_secret,
                 # The same run: a missed restart keeps the record but moves its port.
                 is_current=lambda: (
                     ctx.registry.get(record.id) is record and record.host_port == mount.host_port

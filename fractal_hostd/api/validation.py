@@ -21,7 +21,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Final
 
-from fractal_hostd.cloud_storage.mounts import OAuthToken
+from fractal_hostd.cloud_storage.mounts import MountRequest, OAuthToken
 from fractal_hostd.cloud_storage.rclone_config import PROVIDERS
 from fractal_hostd.containers.mapping import MAX_DPI, MIN_DPI
 
@@ -47,15 +47,6 @@ class StartValues:
     host_port: int
     dpi: int
     container_arn: str | None = None
-
-
-@dataclass(frozen=True)
-class MountRequest:
-    host_port: int
-    provider: str
-    token: OAuthToken
-    client_id: str | None
-    client_secret: str | None
 
 
 def parse_json_object(raw: bytes) -> dict[str, Any]:

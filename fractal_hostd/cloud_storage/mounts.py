@@ -48,6 +48,7 @@ from fractal_hostd.cloud_storage.rclone_config import (
     Backend,
     InvalidSetting,
     MountOptions,
+    MountRequest,
     OAuthToken,
     mount_argv,
     remote_name,
@@ -68,6 +69,7 @@ __all__ = [
     "CloudStorage",
     "MountFailed",
     "MountOptions",
+    "MountRequest",
     "OAuthToken",
     "check_prerequisites",
 ]
@@ -146,13 +148,9 @@ class CloudStorage:
 
     async def mount(
         self,
+        request: MountRequest,
         *,
-        host_port: int,
         container_id: str,
-        provider: str,
-        token: OAuthToken,
-        client_id: str | None,
-        client_secret: str | None,
         is_current: Callable[[], bool] | None = None,
     ) -> Path:
         """The mount point once the mount is live; MountFailed (message safe to show) otherwise.
@@ -164,6 +162,8 @@ class CloudStorage:
         that died meanwhile gets no mount (undone here, under the mount point's lock, shielded
         from the caller's cancellation), whether or not its death's unmount cancelled it.
         """
+        host_port, provider, token = request.host_port, request.provider, request.token
+        client_id, client_secret = request.client_id, request.client_secret
         if provider not in PROVIDERS:
             raise MountFailed(f"provider must be one of: {', '.join(PROVIDERS)}")
         if not 1 <= host_port <= 65535:

@@ -48,6 +48,18 @@ class OAuthToken:
 
 
 @dataclass(frozen=True)
+class MountRequest:
+    """One container's request to mount one provider (the API's body, validated); the
+    secrets stay out of repr (logs, Sentry)."""
+
+    host_port: int
+    provider: str
+    token: OAuthToken
+    client_id: str | None
+    client_secret: str | None = field(repr=False)
+
+
+@dataclass(frozen=True)
 class Backend:
     """What the remote points at: the provider's rclone type (tests substitute `local`)."""
 
