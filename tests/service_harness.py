@@ -29,6 +29,14 @@ from tests.fakes.webserver import FakeWebserver, running_fake_webserver
 
 REPO = Path(__file__).resolve().parent.parent
 AUTH_SECRET = "e2e-shared-secret-do-not-log"  # a test value the logs must never show
+# A cloud-storage mount request without its host port (the test adds its container's).
+MOUNT_BODY = {
+    "provider": "google_drive",
+    "access_token": "ya29.e2e-access-made-up",
+    "refresh_token": "1//e2e-refresh-made-up",
+    "expiry": "2099-01-01T00:00:00Z",
+    "token_type": "Bearer",
+}
 
 
 @dataclass

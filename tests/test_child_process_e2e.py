@@ -17,6 +17,7 @@ import trio
 from tests.cloud_storage_fixtures import FakeTools
 from tests.service_harness import (
     AUTH_SECRET,
+    MOUNT_BODY,
     api_client,
     running_peers,
     running_service,
@@ -25,14 +26,6 @@ from tests.service_harness import (
 
 START_BOUND = 60
 EXIT_BOUND = 30
-
-MOUNT_BODY = {
-    "provider": "google_drive",
-    "access_token": "ya29.e2e-access-made-up",
-    "refresh_token": "1//e2e-refresh-made-up",
-    "expiry": "2099-01-01T00:00:00Z",
-    "token_type": "Bearer",
-}
 
 
 async def test_rclone_started_by_the_service_gets_no_secret(tmp_path: Path) -> None:

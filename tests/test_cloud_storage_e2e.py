@@ -13,19 +13,17 @@ import httpx
 import trio
 
 from tests.cloud_storage_fixtures import FakeTools
-from tests.service_harness import api_client, running_peers, running_service, service_env
+from tests.service_harness import (
+    MOUNT_BODY,
+    api_client,
+    running_peers,
+    running_service,
+    service_env,
+)
 
 START_BOUND = 60
 EXIT_BOUND = 30
 ANSWER_BOUND = 60  # well past the service's 20 s mount limit: the message tells them apart
-
-MOUNT_BODY = {
-    "provider": "google_drive",
-    "access_token": "ya29.e2e-access-made-up",
-    "refresh_token": "1//e2e-refresh-made-up",
-    "expiry": "2099-01-01T00:00:00Z",
-    "token_type": "Bearer",
-}
 
 
 async def test_a_container_killed_while_rclone_mounts_cancels_its_mount(tmp_path: Path) -> None:
