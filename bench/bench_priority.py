@@ -26,8 +26,10 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import trio
 
@@ -41,7 +43,9 @@ from bench_docker import fake_engine_process, percentile, stream  # noqa: E402
 from fractal_hostd.api.app import create_app  # noqa: E402
 from fractal_hostd.api.server import serve_api  # noqa: E402
 from fractal_hostd.api.tls import generate_certificate  # noqa: E402
-from fractal_hostd.containers.lifecycle import ContainerLifecycle  # noqa: E402
+from fractal_hostd.containers.info import ContainerInfo  # noqa: E402
+from fractal_hostd.containers.lifecycle import ContainerLifecycle, run_in_thread  # noqa: E402
+from fractal_hostd.containers.mapping import MappingDir  # noqa: E402
 from fractal_hostd.containers.registry import ContainerRegistry  # noqa: E402
 from fractal_hostd.docker.client import DockerClient  # noqa: E402
 from fractal_hostd.hoststate import DockerStatus, HostState  # noqa: E402
@@ -53,7 +57,31 @@ PHASES = ("idle", "api_load", "dpi_load")
 # Issue 14, goal 1: load / idle, each round against its own idle phase.
 GOALS = {"api_load": {"p50_ms": 1.5}, "dpi_load": {"p99_ms": 2.0}}
 AUTH_SECRET = "bench-secret-0123456789"
+T = TypeVar("T")
 KEEP_AT_MOST = 20  # containers alive at once (TTYs 10-63)
+
+
+class NotingLifecycle(ContainerLifecycle):
+    """The real lifecycle, noting when each container reached it (event read, inspected):
+    start -> tty splits into the loop's part before it and the files' part after."""
+
+    def __init__(self, mappings: Path, registry: ContainerRegistry) -> None:
+        super().__init__(mappings_dir=mappings, registry=registry, run_blocking=self._in_thread)
+        self.entered_at: dict[str, int] = {}
+        self.thread_at: dict[str, int] = {}  # its first write began in the worker thread
+
+    async def _in_thread(self, fn: Callable[[], T]) -> T:
+        def noted() -> T:
+            owner = getattr(getattr(fn, "func", None), "__self__", None)
+            if isinstance(owner, MappingDir):
+                self.thread_at.setdefault(owner.path.name, time.time_ns())
+            return fn()
+
+        return await run_in_thread(noted)
+
+    async def on_running(self, info: ContainerInfo) -> None:
+        self.entered_at.setdefault(info.id, time.time_ns())
+        await super().on_running(info)
 
 
 class TtyObserver:
@@ -118,11 +146,14 @@ async def starts(
     observer: TtyObserver,
     registry: ContainerRegistry,
     start_times: dict[str, int],
-    keep: str,
-) -> list[float]:
-    """Start `count` containers one at a time; each one's start -> `tty` in ms. Every
-    container but `keep` (the load's target) is removed now and then to free TTYs."""
+    lifecycle: NotingLifecycle,
+) -> tuple[list[float], list[float], list[float]]:
+    """Start `count` containers one at a time; each one's start -> `tty` in ms, and its
+    part from the start event to the lifecycle. They are removed now and then (but not the
+    load's target) to free TTYs."""
     latencies: list[float] = []
+    to_lifecycle: list[float] = []
+    to_thread: list[float] = []
     started: list[str] = []
     for _ in range(count):
         [container_id] = (await control.post("/fake/run", params={"count": 1})).json()
@@ -131,6 +162,9 @@ async def starts(
             while container_id not in observer.seen_at or container_id not in start_times:
                 await trio.sleep(0.001)
         latencies.append((observer.seen_at[container_id] - start_times[container_id]) / 1e6)
+        entered = lifecycle.entered_at[container_id]
+        to_lifecycle.append((entered - start_times[container_id]) / 1e6)
+        to_thread.append((lifecycle.thread_at[container_id] - entered) / 1e6)
         if len(started) >= KEEP_AT_MOST:
             for old in started:
                 await control.post("/fake/remove", params={"id": old})
@@ -141,7 +175,7 @@ async def starts(
         await trio.sleep(0.01)  # one start at a time, as a host sees them
     for old in started:
         await control.post("/fake/remove", params={"id": old})
-    return latencies
+    return latencies, to_lifecycle, to_thread
 
 
 def load_command(phase: str, url: str, script: Path) -> list[str] | None:
@@ -160,7 +194,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             mappings = workdir / "mappings"
             mappings.mkdir()
             registry = ContainerRegistry()
-            lifecycle = ContainerLifecycle(mappings_dir=mappings, registry=registry)
+            lifecycle = NotingLifecycle(mappings, registry)
             state = HostState(version="bench", environment="localdev")
             status = DockerStatus()
             app = create_app(
@@ -218,8 +252,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                             )
                             await trio.sleep(1)  # connections up, load steady
                         try:
-                            latencies = await starts(
-                                args.starts, control, observer, registry, start_times, target
+                            latencies, to_lifecycle, to_thread = await starts(
+                                args.starts, control, observer, registry, start_times, lifecycle
                             )
                         finally:
                             if wrk is not None:
@@ -229,6 +263,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                             "p50_ms": round(statistics.median(latencies), 3),
                             "p99_ms": round(percentile(latencies, 99), 3),
                             "max_ms": round(max(latencies), 3),
+                            "to_lifecycle_p50_ms": round(statistics.median(to_lifecycle), 3),
+                            "to_lifecycle_p99_ms": round(percentile(to_lifecycle, 99), 3),
+                            "lifecycle_to_thread_p50_ms": round(statistics.median(to_thread), 3),
+                            "lifecycle_to_thread_p99_ms": round(percentile(to_thread, 99), 3),
                         }
                         phases[phase].append(result)
                         print(
@@ -263,7 +301,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--starts", type=int, default=100)
+    parser.add_argument("--switch-interval", type=float, help="sys.setswitchinterval (s)")
     args = parser.parse_args()
+    if args.switch_interval is not None:
+        sys.setswitchinterval(args.switch_interval)
     log = (REPO / "bench" / "results" / "priority-service.log").open("w")
     sys.stderr = log  # the JSON log lines at info, as in production, to a file
     setup_logging(fmt="json", level="info")
