@@ -2,8 +2,8 @@
 
 The same `start`/`die`/`destroy` events from the same engine (httpx over the unix socket, as
 the service), an inspect for each `start`, the same files written with the same durability
-(the container's directory made and its parent fsynced; `hostPort_for_my_32262_tcp` and `tty`
-each a temporary file, fsync, rename, directory fsync) in one worker-thread hop per container,
+(`hostPort_for_my_32262_tcp` and `tty` each a temporary file, fsync, rename; then the
+directory and its parent fsynced: the service's four fsyncs) in one worker-thread hop per container,
 the directory removed on `die`/`destroy`, the lowest free TTY from 10-63. What it leaves out
 is what makes the service a service: reconnects and reconcile, no symlink safety (plain
 path calls), no per-container lock, no retries, no log line, no metrics.
@@ -28,12 +28,9 @@ PORT = "32262/tcp"
 
 
 def write_files(directory: Path, host_port: int, tty: int) -> None:
+    """The service's durable sequence (containers/mapping.py): each file fsynced before its
+    rename, then one fsync of the directory and one of its parent (the new entry)."""
     os.mkdir(directory, 0o755)
-    parent = os.open(directory.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(parent)
-    finally:
-        os.close(parent)
     dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     try:
         for name, value in (("hostPort_for_my_32262_tcp", host_port), ("tty", tty)):
@@ -45,9 +42,14 @@ def write_files(directory: Path, host_port: int, tty: int) -> None:
             finally:
                 os.close(fd)
             os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-            os.fsync(dir_fd)
+        os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+    parent = os.open(directory.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(parent)
+    finally:
+        os.close(parent)
 
 
 class BareAgent:
