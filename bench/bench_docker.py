@@ -453,10 +453,8 @@ def main() -> int:
     # The service logs JSON at info in production: so do the lifecycle and the stream here.
     sys.stderr = (REPO / "bench" / "results" / "docker-service.log").open("w")
     setup_logging(fmt="json", level="info")
-    results = {
-        **results_header("Docker event path (bench/bench_docker.py)"),
-        **trio.run(run, args.parts or list(PARTS)),
-    }
+    measured = trio.run(run, args.parts or list(PARTS))
+    results = {**results_header("Docker event path (bench/bench_docker.py)"), **measured}
     path = RESULTS if not args.parts else RESULTS.with_name(f"docker-{'-'.join(args.parts)}.json")
     write_results(path, results)
     return 0
