@@ -11,6 +11,9 @@ event's timeNano to the moment inotify, in another process (bench/tty_observer.p
 `.ready` rewritten and fsynced, with their directory, every time). Goals (issue 14): start ->
 tty p50 under the /health load at most 1.5x idle, p99 under the set_container_dpi load at
 most 2x idle (ratios per round against that round's idle phase, medians of the rounds).
+Per phase also: the part from the start event to the lifecycle (event read, inspected), from
+there to the worker thread starting the write, set_container_dpi answers/s and mapping
+writes/s (concurrent requests for one container share writes).
 Writes bench/results/priority.json.
 
     python bench/bench_priority.py [--rounds 3] [--starts 100]
@@ -46,7 +49,7 @@ from fractal_hostd.api.tls import generate_certificate  # noqa: E402
 from fractal_hostd.containers.info import ContainerInfo  # noqa: E402
 from fractal_hostd.containers.lifecycle import ContainerLifecycle, run_in_thread  # noqa: E402
 from fractal_hostd.containers.mapping import MappingDir  # noqa: E402
-from fractal_hostd.containers.registry import ContainerRegistry  # noqa: E402
+from fractal_hostd.containers.registry import ContainerRecord, ContainerRegistry  # noqa: E402
 from fractal_hostd.docker.client import DockerClient  # noqa: E402
 from fractal_hostd.hoststate import DockerStatus, HostState  # noqa: E402
 from fractal_hostd.metrics import Metrics  # noqa: E402
@@ -69,11 +72,14 @@ class NotingLifecycle(ContainerLifecycle):
         super().__init__(mappings_dir=mappings, registry=registry, run_blocking=self._in_thread)
         self.entered_at: dict[str, int] = {}
         self.thread_at: dict[str, int] = {}  # its first write began in the worker thread
+        self.requests_answered = 0  # set_start_values calls that returned
+        self.writes = 0  # mapping writes begun (every container's, and the load's)
 
     async def _in_thread(self, fn: Callable[[], T]) -> T:
         def noted() -> T:
             owner = getattr(getattr(fn, "func", None), "__self__", None)
             if isinstance(owner, MappingDir):
+                self.writes += 1
                 self.thread_at.setdefault(owner.path.name, time.time_ns())
             return fn()
 
@@ -82,6 +88,13 @@ class NotingLifecycle(ContainerLifecycle):
     async def on_running(self, info: ContainerInfo) -> None:
         self.entered_at.setdefault(info.id, time.time_ns())
         await super().on_running(info)
+
+    async def set_start_values(
+        self, host_port: int, *, dpi: int, container_arn: str | None = None
+    ) -> ContainerRecord:
+        record = await super().set_start_values(host_port, dpi=dpi, container_arn=container_arn)
+        self.requests_answered += 1
+        return record
 
 
 class TtyObserver:
@@ -251,6 +264,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                                 command, stdout=subprocess.DEVNULL
                             )
                             await trio.sleep(1)  # connections up, load steady
+                        answered, writes = lifecycle.requests_answered, lifecycle.writes
+                        began = time.perf_counter()
                         try:
                             latencies, to_lifecycle, to_thread = await starts(
                                 args.starts, control, observer, registry, start_times, lifecycle
@@ -259,7 +274,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                             if wrk is not None:
                                 wrk.terminate()
                                 await wrk.wait()
+                        elapsed = time.perf_counter() - began
                         result = {
+                            "dpi_answered_per_s": round(
+                                (lifecycle.requests_answered - answered) / elapsed
+                            ),
+                            "mapping_writes_per_s": round((lifecycle.writes - writes) / elapsed),
                             "p50_ms": round(statistics.median(latencies), 3),
                             "p99_ms": round(percentile(latencies, 99), 3),
                             "max_ms": round(max(latencies), 3),
