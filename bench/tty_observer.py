@@ -6,8 +6,10 @@ directory gets a watch of its own, and the moment a `tty` is renamed into it (IN
 file is complete, as a container reading it finds it) one line `<id> <time_ns>` goes to stdout.
 time_ns is CLOCK_REALTIME, the clock of a Docker event's timeNano.
 
-A directory whose `tty` was already there when its watch was added (the watch came too late)
-is printed with the time it was noticed and a trailing `late`; the caller counts those.
+A directory whose `tty` was already there when its watch was added (the watch came too late,
+this process not being scheduled in time on a busy machine) is printed with the file's ctime,
+which the rename set (the kernel's coarse clock: a tick, 1-4 ms, early), and a trailing
+`late`; the caller counts those.
 """
 
 from __future__ import annotations
@@ -52,8 +54,11 @@ def main(mappings: str) -> int:
                 if watch < 0:
                     continue  # already gone
                 names[watch] = name.decode()
-                if os.path.exists(os.path.join(directory, "tty")):
-                    lines.append(f"{name.decode()} {time.time_ns()} late")
+                try:
+                    renamed = os.lstat(os.path.join(directory, "tty")).st_ctime_ns
+                except FileNotFoundError:
+                    continue
+                lines.append(f"{name.decode()} {renamed} late")
             elif wd in names and mask & IN_MOVED_TO and name == b"tty":
                 lines.append(f"{names[wd]} {now}")
         if lines:
