@@ -217,6 +217,40 @@ async def test_concurrent_start_values_share_one_write_and_the_last_value_wins(
     assert dir_files(tmp_path / cid(1))[".ready"] == ".ready"
 
 
+async def test_a_die_between_setting_and_writing_start_values_answers_unknown(
+    tmp_path: Path,
+) -> None:
+    # B sets its values while A's write runs, the die queued behind B takes the container
+    # before B's write: B answers "unknown container" and no directory comes back.
+    runner = GatedWrites()
+    lifecycle = ContainerLifecycle(
+        mappings_dir=tmp_path, registry=ContainerRegistry(), run_blocking=runner
+    )
+    await lifecycle.on_running(running(1, 40001))
+    first_gate = trio.Event()
+    runner.gate = first_gate
+    outcome: dict[str, object] = {}
+
+    async def request(name: str, dpi: int) -> None:
+        try:
+            outcome[name] = (await lifecycle.set_start_values(40001, dpi=dpi)).dpi
+        except ContainerUnknown as exc:
+            outcome[name] = exc
+
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(request, "A", 100)
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.start_soon(request, "B", 101)
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.start_soon(lifecycle.on_gone, cid(1))
+            await trio.testing.wait_all_tasks_blocked()
+            first_gate.set()
+    assert outcome["A"] in (100, 101)
+    assert isinstance(outcome["B"], ContainerUnknown)
+    assert not (tmp_path / cid(1)).exists()
+
+
 async def test_empty_arn_counts_as_none(host: Host) -> None:
     await host.lifecycle.on_running(running(1, 40001))
     await host.lifecycle.set_start_values(40001, dpi=96, container_arn="arn:a")
