@@ -77,6 +77,7 @@ bench: install test-image
 	$(PY) bench/bench_floors.py
 	$(PY) bench/bench_startup.py
 	$(PY) bench/bench_priority.py
+	$(PY) -m bench.bench_reconcile
 	$(PY) bench/bench_flood.py
 
 clean:

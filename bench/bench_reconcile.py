@@ -11,7 +11,8 @@ Numbers only, never asserted by tests.
 
     .venv/bin/python -m bench.bench_reconcile [CONTAINERS] [ROUNDS]
 
-Prints JSON: median and p90 in milliseconds per bound.
+Prints JSON: median and p90 in milliseconds per bound, and writes it (with the machine's load
+average) to bench/results/reconcile.json.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from typing import Any
 
 import trio
 
+from bench.bench_common import REPO, results_header, write_results
 from bench.bench_docker import fake_engine_process
 from fractal_hostd.containers.lifecycle import ContainerLifecycle
 from fractal_hostd.containers.registry import ContainerRegistry
@@ -78,4 +80,7 @@ async def main(containers: int, rounds: int) -> dict[str, Any]:
 if __name__ == "__main__":
     count = int(sys.argv[1]) if len(sys.argv) > 1 else 50
     repeat = int(sys.argv[2]) if len(sys.argv) > 2 else 30
-    print(json.dumps(trio.run(main, count, repeat), indent=2))
+    measured = trio.run(main, count, repeat)
+    print(json.dumps(measured, indent=2))
+    header = results_header("one reconcile on the fake engine (bench/bench_reconcile.py)")
+    write_results(REPO / "bench" / "results" / "reconcile.json", {**header, **measured})

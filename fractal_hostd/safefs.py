@@ -75,13 +75,17 @@ def _make_trusted_dirs(path: Path, mode: int) -> None:
     os.chmod(path, mode)
 
 
-def open_subdir(parent_fd: int, name: str, *, create: bool = False, mode: int = 0o755) -> int:
+def open_subdir(
+    parent_fd: int, name: str, *, create: bool = False, mode: int = 0o755, sync_parent: bool = True
+) -> int:
     """The fd of directory `name` in `parent_fd`, never through a link.
 
     Without `create`, a missing directory raises FileNotFoundError and a link or non-directory
     raises UnexpectedEntry. With `create`, a missing one is made (`mode`, whatever the umask)
-    and an unexpected entry is logged, removed (never followed) and replaced by a directory.
-    An existing directory keeps its mode (the caller may `fchmod` it)."""
+    and an unexpected entry is logged, removed (never followed) and replaced by a directory;
+    the parent is fsynced then, unless `sync_parent` is False (the caller fsyncs it later,
+    before relying on the new entry). An existing directory keeps its mode (the caller may
+    `fchmod` it)."""
     _check_name(name)
     for _ in range(3):  # a container racing us can only make us retry, a bounded number of times
         try:
@@ -102,7 +106,8 @@ def open_subdir(parent_fd: int, name: str, *, create: bool = False, mode: int = 
             continue
         fd = os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
         os.fchmod(fd, mode)  # mkdir's mode is filtered by the umask
-        fsync_fd(parent_fd)
+        if sync_parent:
+            fsync_fd(parent_fd)
         return fd
     raise UnexpectedEntry(name, "replaced again and again while being made a directory")
 
@@ -136,10 +141,13 @@ def verify_link_free(root: Path, parts: Sequence[str]) -> None:
     os.close(open_path(root, parts))
 
 
-def write_file(dir_fd: int, name: str, data: bytes, *, mode: int = 0o644) -> None:
+def write_file(
+    dir_fd: int, name: str, data: bytes, *, mode: int = 0o644, sync_dir: bool = True
+) -> None:
     """Replace `name` in `dir_fd` atomically with `data` (mode `mode`, whatever the umask):
-    temporary file, fsync, rename, fsync of the directory. A link at `name` is replaced,
-    never followed; a directory at `name` is removed first."""
+    temporary file, fsync, rename, fsync of the directory (unless `sync_dir` is False: the
+    caller writing several files fsyncs the directory once after the last). A link at `name`
+    is replaced, never followed; a directory at `name` is removed first."""
     _check_name(name)
     tmp = f".{name}.{secrets.token_hex(6)}{TEMP_SUFFIX}"
     fd = os.open(tmp, _TEMP_FLAGS, mode, dir_fd=dir_fd)
@@ -155,7 +163,8 @@ def write_file(dir_fd: int, name: str, data: bytes, *, mode: int = 0o644) -> Non
         with contextlib.suppress(OSError):
             os.unlink(tmp, dir_fd=dir_fd)
         raise
-    fsync_fd(dir_fd)
+    if sync_dir:
+        fsync_fd(dir_fd)
 
 
 def _write_all(fd: int, data: bytes) -> None:

@@ -9,7 +9,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 import trio
@@ -28,6 +30,7 @@ from fractal_hostd.containers.mapping import MappingDir, MappingFiles
 from tests.containers_fixtures import cid, dir_files, running
 
 LIFECYCLE_LOGGER = "fractal_hostd.containers.lifecycle"
+T = TypeVar("T")
 
 
 class Host:
@@ -160,6 +163,92 @@ async def test_start_values_are_written_then_ready(host: Host) -> None:
     await host.lifecycle.set_start_values(40001, dpi=144)  # set_container_dpi: last value wins
     assert host.files(1)["DPI"] == "144"
     assert host.files(1)["ContainerARN"] == "arn:a"
+
+
+class GatedWrites:
+    """A `run_blocking` that counts the mapping writes and holds the first one at a gate
+    until released, so that requests can pile up behind it."""
+
+    def __init__(self) -> None:
+        self.writes = 0
+        self.gate: trio.Event | None = None
+
+    async def __call__(self, fn: Callable[[], T]) -> T:
+        if getattr(getattr(fn, "func", None), "__name__", "") == "write":
+            self.writes += 1
+            if self.gate is not None:
+                gate, self.gate = self.gate, None
+                await gate.wait()
+        return fn()
+
+
+async def test_concurrent_start_values_share_one_write_and_the_last_value_wins(
+    tmp_path: Path,
+) -> None:
+    # Requests that queue behind a write of their container are written together by the
+    # next one: one set of fsyncs for the crowd, each answered once its values are durable.
+    runner = GatedWrites()
+    lifecycle = ContainerLifecycle(
+        mappings_dir=tmp_path, registry=ContainerRegistry(), run_blocking=runner
+    )
+    await lifecycle.on_running(running(1, 40001))
+    first_gate = trio.Event()
+    runner.writes, runner.gate = 0, first_gate
+    answered: list[int] = []
+
+    async def request(dpi: int) -> None:
+        await lifecycle.set_start_values(40001, dpi=dpi)
+        # Answered only once its value (or a later one: they rise) is on disk.
+        assert int(dir_files(tmp_path / cid(1))["DPI"]) >= dpi
+        answered.append(dpi)
+
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(request, 100)
+            await trio.testing.wait_all_tasks_blocked()
+            assert runner.gate is None  # the first write waits at its gate
+            for dpi in range(101, 110):
+                nursery.start_soon(request, dpi)
+                await trio.testing.wait_all_tasks_blocked()
+            first_gate.set()
+    assert sorted(answered) == list(range(100, 110))
+    assert runner.writes == 2
+    assert dir_files(tmp_path / cid(1))["DPI"] == "109"
+    assert dir_files(tmp_path / cid(1))[".ready"] == ".ready"
+
+
+async def test_a_die_between_setting_and_writing_start_values_answers_unknown(
+    tmp_path: Path,
+) -> None:
+    # B sets its values while A's write runs, the die queued behind B takes the container
+    # before B's write: B answers "unknown container" and no directory comes back.
+    runner = GatedWrites()
+    lifecycle = ContainerLifecycle(
+        mappings_dir=tmp_path, registry=ContainerRegistry(), run_blocking=runner
+    )
+    await lifecycle.on_running(running(1, 40001))
+    first_gate = trio.Event()
+    runner.gate = first_gate
+    outcome: dict[str, object] = {}
+
+    async def request(name: str, dpi: int) -> None:
+        try:
+            outcome[name] = (await lifecycle.set_start_values(40001, dpi=dpi)).dpi
+        except ContainerUnknown as exc:
+            outcome[name] = exc
+
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(request, "A", 100)
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.start_soon(request, "B", 101)
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.start_soon(lifecycle.on_gone, cid(1))
+            await trio.testing.wait_all_tasks_blocked()
+            first_gate.set()
+    assert outcome["A"] in (100, 101)
+    assert isinstance(outcome["B"], ContainerUnknown)
+    assert not (tmp_path / cid(1)).exists()
 
 
 async def test_empty_arn_counts_as_none(host: Host) -> None:

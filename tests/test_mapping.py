@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from collections.abc import Iterator
@@ -89,6 +90,91 @@ def test_ready_is_written_last_and_every_write_is_a_rename(
     m.write(ready(40001, 12, 144, "arn:x"))
     assert renamed == ["DPI", ".ready"]
     assert not [p for p in m.path.iterdir() if p.name.endswith(".tmp")]
+
+
+class SyncLog:
+    """What `MappingDir.write` makes durable, in order: ("fsync", what) where `what` is the
+    synced directory's name or "temp" for a temporary file, and ("rename", target name)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, m: MappingDir) -> None:
+        self.steps: list[tuple[str, str]] = []
+        real_fsync, real_rename = os.fsync, os.rename
+
+        def fsync(fd: int) -> None:
+            target = Path(os.readlink(f"/proc/self/fd/{fd}"))
+            self.steps.append(("fsync", "temp" if target.name.endswith(".tmp") else target.name))
+            real_fsync(fd)
+
+        def rename(src: str, dst: str, **fds: int) -> None:
+            self.steps.append(("rename", dst))
+            real_rename(src, dst, **fds)
+
+        monkeypatch.setattr("fractal_hostd.safefs.os.fsync", fsync)
+        monkeypatch.setattr("fractal_hostd.safefs.os.rename", rename)
+
+    def before(self, name: str) -> list[tuple[str, str]]:
+        return self.steps[: self.steps.index(("rename", name))]
+
+
+def test_tty_is_in_place_after_two_file_fsyncs_and_all_is_durable_before_write_returns(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A container waits for its `tty`: no directory fsync stands between the start and it
+    # (each file is still fsynced before its rename); the directory and its entry in the
+    # mappings directory are durable before the write returns.
+    (tmp_path / "containerResourceMappings").mkdir()
+    m = MappingDir(tmp_path / "containerResourceMappings", CID)
+    log = SyncLog(monkeypatch, m)
+    m.write(MappingFiles(40001, 12))
+    assert log.before("tty") == [
+        ("fsync", "temp"),
+        ("rename", "hostPort_for_my_32262_tcp"),
+        ("fsync", "temp"),
+    ]
+    assert log.steps[3:] == [
+        ("rename", "tty"),
+        ("fsync", CID),
+        ("fsync", "containerResourceMappings"),
+    ]
+
+
+def test_one_directory_fsync_makes_dpi_and_arn_durable_before_ready(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    m = MappingDir(tmp_path, CID)
+    m.write(MappingFiles(40001, 12))
+    log = SyncLog(monkeypatch, m)
+    m.write(ready(40001, 12, 120, "arn:x"))
+    assert log.steps == [
+        ("fsync", "temp"),
+        ("rename", "DPI"),
+        ("fsync", "temp"),
+        ("rename", "ContainerARN"),
+        ("fsync", CID),  # both durable before `.ready` vouches for them
+        ("fsync", "temp"),
+        ("rename", ".ready"),
+        ("fsync", CID),
+    ]
+
+
+def test_a_write_that_failed_after_making_the_directory_makes_it_durable_when_retried(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    m = MappingDir(tmp_path / "containerResourceMappings", CID)
+    real_write = os.write
+
+    def full(fd: int, data: bytes) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("fractal_hostd.safefs.os.write", full)
+    with pytest.raises(OSError, match="No space"):
+        m.write(MappingFiles(40001, 12))
+    assert m.path.is_dir()
+    monkeypatch.setattr("fractal_hostd.safefs.os.write", real_write)
+    log = SyncLog(monkeypatch, m)
+    m.write(MappingFiles(40001, 12))
+    assert log.steps[-2:] == [("fsync", CID), ("fsync", "containerResourceMappings")]
+    assert files(m.path) == {"hostPort_for_my_32262_tcp": "40001", "tty": "12"}
 
 
 def test_rewrite_keeps_last_value_and_keeps_arn_when_not_given(tmp_path: Path) -> None:

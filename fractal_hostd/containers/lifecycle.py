@@ -127,6 +127,10 @@ class ContainerLifecycle:
         self._pool = registry.tty_pool
         self._on_gone_hook = on_gone
         self._locks: dict[str, _LockSlot] = {}
+        # Per container: how many times the API changed its wanted state, and how many of
+        # those changes the disk holds (see set_start_values).
+        self._changes: dict[str, int] = {}
+        self._changes_written: dict[str, int] = {}
         self._retries: dict[str, _Retry] = {}
         self._retry_added = trio.Event()
 
@@ -230,6 +234,8 @@ class ContainerLifecycle:
         async with self._locked(container_id):
             record = self._registry.remove(container_id)
             self._retries.pop(container_id, None)
+            self._changes.pop(container_id, None)
+            self._changes_written.pop(container_id, None)
             if record is None:
                 # Never seen (or already cleaned up): nothing to unmount, but make sure no
                 # directory survives, whatever left it. Most such dies are of containers we
@@ -277,7 +283,13 @@ class ContainerLifecycle:
         """Write DPI (and ContainerARN) then ``.ready``; idempotent, the last value wins.
         An empty ARN counts as none. Raises ContainerUnknown when no live container has the
         port, ContainerWithoutTty when it has no TTY, ValueError for a bad dpi or ARN, and
-        OSError when the files cannot be written now (they are retried in the background)."""
+        OSError when the files cannot be written now (they are retried in the background).
+
+        Returns once the values, or later ones, are durable on disk. Concurrent calls for one
+        container share writes: each sets its values under the container's lock and lets it
+        go; the lock (first come, first served) passes to the calls queued behind it, which
+        set theirs; then the first write covers them all, and the others find their change
+        written and return without a write of their own (one set of fsyncs for a crowd)."""
         if container_arn == "":
             container_arn = None  # the webserver's way of saying "no ARN"
         if not is_valid_dpi(dpi):
@@ -298,14 +310,19 @@ class ContainerLifecycle:
             if container_arn is not None:
                 record.container_arn = container_arn
             record.ready = True
-            error = await self._write(record)
-            if error is None and not record.ready:
-                # An untrusted ContainerARN (not in this request) was removed, and `.ready`
-                # with it: these start values make the container ready again without it.
-                record.ready = True
+            change = self._changes[record.id] = self._changes.get(record.id, 0) + 1
+        async with self._locked(record.id):
+            if self._registry.get(record.id) is not record or record.host_port != host_port:
+                raise ContainerUnknown(host_port)  # died (or moved) before its files were
+            if self._changes_written.get(record.id, 0) < change:
                 error = await self._write(record)
-            if error is not None:
-                raise error
+                if error is None and not record.ready:
+                    # An untrusted ContainerARN (not in this request) was removed, and `.ready`
+                    # with it: these start values make the container ready again without it.
+                    record.ready = True
+                    error = await self._write(record)
+                if error is not None:
+                    raise error
             return record
 
     async def _start(self, info: ContainerInfo) -> None:
@@ -344,6 +361,7 @@ class ContainerLifecycle:
         schedule a retry and return the error."""
         files = _files_of(record)
         mapping = MappingDir(self._mappings_dir, record.id)
+        changes = self._changes.get(record.id, 0)  # all of them are in `files`
         try:
             untrusted = await self._io(mapping.write, files)
         except OSError as exc:
@@ -374,6 +392,8 @@ class ContainerLifecycle:
             logger.info("mapping directory written after all", extra={"container_id": record.id})
         record.files_pending = False
         self._retries.pop(record.id, None)
+        if changes:
+            self._changes_written[record.id] = changes
         return None
 
     def _schedule_retry(self, record: ContainerRecord) -> None:
