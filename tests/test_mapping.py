@@ -332,3 +332,22 @@ def test_dpi_the_api_refuses_is_garbage_on_disk(dpi: object) -> None:
     # One range for the API and for adopted DPI files: a file the API could never have
     # written is repaired, not adopted.
     assert not mapping.is_valid_dpi(dpi)
+
+
+def test_tampered_tells_what_write_would_change(tmp_path: Path) -> None:
+    mapping = MappingDir(tmp_path / "containerResourceMappings", "a" * 64)
+    ready = MappingFiles(host_port=40000, tty=10, dpi=96, ready=True)
+    assert mapping.tampered(ready)  # no directory yet
+    mapping.write(ready)
+    assert not mapping.tampered(ready)
+    (mapping.path / "DPI").unlink()
+    (mapping.path / "DPI").symlink_to(tmp_path / "outside")
+    assert mapping.tampered(ready)
+    mapping.write(ready)
+    assert not mapping.tampered(ready)
+    # Not ready: a `.ready` a container wrote itself is something write removes.
+    not_ready = MappingFiles(host_port=40000, tty=10, dpi=96, ready=False)
+    assert mapping.tampered(not_ready)
+    mapping.write(not_ready)
+    assert not (mapping.path / ".ready").exists()
+    assert not mapping.tampered(not_ready)

@@ -137,21 +137,22 @@ class MappingDir:
             return untrusted
 
     def tampered(self, files: MappingFiles) -> bool:
-        """Whether `write(files)` would change anything (reads only; a directory that cannot
-        be opened counts as tampered: the write decides)."""
+        """Whether `write(files)` would change anything (reads only). Never raises: a
+        directory or file that cannot be read counts as tampered (the write decides, and
+        retries a disk error)."""
         try:
-            dir_fd = safefs.open_path(self._root, self._parts)
+            with safefs.opened(safefs.open_path(self._root, self._parts)) as dir_fd:
+                if _current(dir_fd, HOST_PORT_FILE) != str(files.host_port):
+                    return True
+                if _current(dir_fd, TTY_FILE) != (None if files.tty is None else str(files.tty)):
+                    return True
+                values, untrusted = _value_changes(dir_fd, files)
+                ready = _current(dir_fd, READY_FILE)
         except OSError:
             return True
-        with safefs.opened(dir_fd):
-            if _current(dir_fd, HOST_PORT_FILE) != str(files.host_port):
-                return True
-            if _current(dir_fd, TTY_FILE) != (None if files.tty is None else str(files.tty)):
-                return True
-            values, untrusted = _value_changes(dir_fd, files)
-            ready_wanted = files.ready and files.tty is not None
-            ready = _current(dir_fd, READY_FILE)
-            return bool(values or untrusted) or (ready == READY_CONTENT) != ready_wanted
+        if files.ready and files.tty is not None:
+            return bool(values or untrusted) or ready != READY_CONTENT
+        return bool(values or untrusted) or ready is not None
 
     def read(self) -> MappingContents:
         """Read the directory back, each file on its own. Raises OSError (FileNotFoundError,
