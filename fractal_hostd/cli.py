@@ -8,6 +8,7 @@ line and exits 2 before anything starts.
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import sys
 from collections.abc import Sequence
@@ -127,6 +128,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # The console script's first statement (`python -m` installs them earlier still):
         # a signal from here on is recorded and handled once trio listens (early_signals).
         early_signals.install()
+        pause_collector_for_imports()
     args = _parser().parse_args(argv)
     try:
         config = _load_config(args)
@@ -167,10 +169,32 @@ def _run(config: Config) -> int:
         return EXIT_CONFIG_ERROR
     from fractal_hostd.supervisor import run_service
 
+    resume_collector_after_imports()
     try:
         return run_service(config)
     finally:
         early_signals.ignore()  # the report is done: a late signal must not change the exit
+
+
+def pause_collector_for_imports() -> None:
+    """No cyclic garbage collection while `run` imports its ~1,000 modules.
+
+    Imports allocate ~70,000 long-lived objects, and the collector ran ~180 times over them,
+    re-examining the survivors each time: 50-110 ms of a ~450 ms import phase (measured with
+    gc.callbacks). Imports make almost no garbage (a full collection afterwards frees ~2,300
+    objects), so one pass at the end does the same work once (`resume_collector_after_imports`).
+    """
+    gc.disable()
+
+
+def resume_collector_after_imports() -> None:
+    """One full collection of what the imports left, then those objects out of every later
+    pass (they live as long as the process), and the collector back on."""
+    if gc.isenabled():
+        return  # not paused (`main` called with arguments: tests, other entry points)
+    gc.collect()
+    gc.freeze()
+    gc.enable()
 
 
 def _local_api(config: Config) -> tuple[str, str]:
