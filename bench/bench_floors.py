@@ -56,6 +56,7 @@ STATUS_DOCUMENT: dict[str, Any] = {
 
 def serve_service(workdir: Path) -> None:
     """Child process: the service's API on 127.0.0.1:0, as `run` sets it up; prints its URL."""
+    import gc
     import os
 
     import trio
@@ -83,6 +84,7 @@ def serve_service(workdir: Path) -> None:
         )
         await api.add_container(HOST_PORT)
         async with running_api(workdir, api=api) as running:
+            gc.freeze()  # as the supervisor does once start-up is done
             print(running.url, flush=True)
             await trio.to_thread.run_sync(sys.stdin.read, abandon_on_cancel=True)
 
