@@ -21,13 +21,7 @@ from __future__ import annotations
 import itertools
 
 import trio
-from hypercorn.typing import (
-    ASGIFramework,
-    ASGIReceiveCallable,
-    ASGISendCallable,
-    ASGISendEvent,
-    Scope,
-)
+from hypercorn.typing import ASGIFramework, ASGIReceiveCallable, ASGISendCallable, Scope
 
 DEFAULT_REQUEST_SLOTS = 1
 DEFAULT_LEASE = 0.005
@@ -84,17 +78,7 @@ class RequestSlots:
 
 
 class SlottedApp:
-    """ASGI middleware: each HTTP request runs its handler holding one of `slots`, until the
-    handler has its answer.
-
-    The slot is given back at the response's first `send`, not when the whole ASGI call
-    returns: sending (h11 framing, TLS, the socket, hypercorn's keep-alive bookkeeping) takes
-    a dozen checkpoints, and with the slot held through them every other request waited, so
-    each checkpoint cost a scheduling batch of its own (an `epoll_wait` and the run loop's
-    pass: 14.7 batches per /health request instead of 2, a fifth of the API's CPU at 50
-    connections). Those steps are short, non-blocking I/O; the handler's CPU-bound work is
-    what the limit is for.
-    """
+    """ASGI middleware: each HTTP request runs its handler holding one of `slots`."""
 
     def __init__(self, app: ASGIFramework, slots: RequestSlots) -> None:
         self._app = app
@@ -106,18 +90,8 @@ class SlottedApp:
         if scope["type"] != "http":  # lifespan: never waits for a slot
             await self._app(scope, receive, send)
             return
-        slots = self._slots
-        token: int | None = await slots.acquire()
-
-        async def send_after_release(message: ASGISendEvent) -> None:
-            nonlocal token
-            if token is not None:
-                slots.release(token)
-                token = None
-            await send(message)
-
+        token = await self._slots.acquire()
         try:
-            await self._app(scope, receive, send_after_release)
+            await self._app(scope, receive, send)
         finally:
-            if token is not None:
-                slots.release(token)
+            self._slots.release(token)
