@@ -2,9 +2,10 @@
 
 Three servers run at once on loopback, each in its own process, all with the same TLS
 settings (our `hypercorn_config`: the same certificate, ciphers, TLS 1.2+):
-  * service: the real app (auth, validation, registry, lifecycle writing DPI + .ready with
-    their fsyncs into a directory on the machine's disk, JSON logs at info, metrics, the
-    Sentry scope) served by `serve_api`;
+  * service: the real app as the service runs it (auth, validation, registry, lifecycle
+    writing DPI + .ready with their fsyncs, in worker threads, into a directory on the
+    machine's disk, JSON logs at info, metrics, Sentry initialised with its logging
+    integration and a scope per request) served by `serve_api` with its request slots;
   * quart_trio: a bare QuartTrio app (GET /health, GET /status answering a fixed document
     of the same size, PUT /set_container_dpi parsing the JSON body), served by
     `hypercorn.trio.serve`;
@@ -51,6 +52,43 @@ STATUS_DOCUMENT: dict[str, Any] = {
     "draining": None,
     "containers": [{"container_id": "c" * 64, "host_port": HOST_PORT, "tty": 10, "ready": True}],
 }
+
+
+def serve_service(workdir: Path) -> None:
+    """Child process: the service's API on 127.0.0.1:0, as `run` sets it up; prints its URL."""
+    import gc
+    import os
+
+    import trio
+    from bench_api import SECRET_ENV
+
+    from fractal_hostd.containers.lifecycle import run_in_thread
+    from fractal_hostd.process import telemetry
+    from fractal_hostd.process.logs import setup_logging
+    from tests.api_fixtures import make_api, running_api
+
+    setup_logging(fmt="json", level="info")
+    # Sentry as in production (its logging integration turns each info line into a
+    # breadcrumb); nothing listens there, and a request that succeeds sends no event.
+    telemetry.init_sentry(
+        dsn="http://public@127.0.0.1:9/1", enabled=True, environment="bench", release="bench"
+    )
+
+    async def main() -> None:
+        api = make_api(
+            workdir,
+            with_cloud_storage=False,
+            container_wait=1.0,
+            secret=os.environ[SECRET_ENV],
+            run_blocking=run_in_thread,
+        )
+        await api.add_container(HOST_PORT)
+        async with running_api(workdir, api=api) as running:
+            gc.freeze()  # as the supervisor does once start-up is done
+            print(running.url, flush=True)
+            await trio.to_thread.run_sync(sys.stdin.read, abandon_on_cancel=True)
+
+    trio.run(main)
 
 
 def serve_floor(kind: str, workdir: Path) -> None:
@@ -124,10 +162,14 @@ def serve_floor(kind: str, workdir: Path) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--serve-floor", nargs=2, metavar=("KIND", "DIR"), help=argparse.SUPPRESS)
+    parser.add_argument("--serve-service", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--duration", type=int, default=5)
     parser.add_argument("--connections", type=int, default=50)
     args = parser.parse_args()
+    if args.serve_service:
+        serve_service(args.serve_service)
+        return 0
     if args.serve_floor:
         serve_floor(args.serve_floor[0], Path(args.serve_floor[1]))
         return 0
@@ -155,7 +197,7 @@ def main() -> int:
         servers = {
             "service": stack.enter_context(
                 server_process(
-                    [str(REPO / "bench" / "bench_api.py"), "--serve", str(workdir / "service")],
+                    [__file__, "--serve-service", str(workdir / "service")],
                     workdir / "service",
                     secret,
                     wait_s=15,

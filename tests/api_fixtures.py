@@ -22,7 +22,7 @@ from fractal_hostd.api.server import serve_api
 from fractal_hostd.api.tls import TlsFiles, generate_certificate
 from fractal_hostd.cloud_storage.mounts import MountFailed, MountRequest
 from fractal_hostd.containers.info import ContainerInfo
-from fractal_hostd.containers.lifecycle import ContainerLifecycle, run_inline
+from fractal_hostd.containers.lifecycle import BlockingRunner, ContainerLifecycle, run_inline
 from fractal_hostd.containers.registry import ContainerRecord, ContainerRegistry
 from fractal_hostd.hoststate import HostState
 from fractal_hostd.metrics import Metrics
@@ -127,15 +127,17 @@ def make_api(
     container_wait: float = 0.5,
     with_cloud_storage: bool = True,
     secret: str = SECRET,
+    run_blocking: BlockingRunner = run_inline,
 ) -> Api:
     state = HostState(version="9.9.9", environment="localdev")
     registry = ContainerRegistry()
     state.count_pending_file_writes = registry.pending_file_writes
     mappings_dir = tmp_path / "containerResourceMappings"
     mappings_dir.mkdir(parents=True, exist_ok=True)
-    # Inline file I/O: several tests here run under the autojump clock (see run_inline).
+    # Inline file I/O by default: several tests here run under the autojump clock (see
+    # run_inline); the benchmarks pass the service's own worker-thread runner.
     lifecycle = ContainerLifecycle(
-        mappings_dir=mappings_dir, registry=registry, run_blocking=run_inline
+        mappings_dir=mappings_dir, registry=registry, run_blocking=run_blocking
     )
     metrics = Metrics()
     cloud = FakeCloudStorage(root=tmp_path / "cloudStorage") if with_cloud_storage else None

@@ -159,3 +159,31 @@ async def test_each_request_runs_in_its_own_sentry_isolation_scope(tmp_path: Pat
     assert len({id(scope) for scope in seen}) == 2
     assert all(scope is not outer for scope in seen)
     assert "request_tag" not in outer._tags
+
+
+async def test_request_scope_has_the_scrubber_and_none_of_the_outer_breadcrumbs(
+    tmp_path: Path,
+) -> None:
+    import sentry_sdk
+
+    api = make_api(tmp_path)
+    seen: list[Any] = []
+
+    @api.app.before_request
+    async def remember_scope() -> None:
+        scope = sentry_sdk.get_isolation_scope()
+        seen.append((list(scope._event_processors), list(scope._breadcrumbs)))
+        scope._breadcrumbs.append({"message": "inside a request"})
+
+    outer = sentry_sdk.get_isolation_scope()
+    outer._breadcrumbs.append({"message": "start-up, before any request"})
+    try:
+        client = api.app.test_client()
+        await client.get("/health")
+        await client.get("/health")
+    finally:
+        outer._breadcrumbs.clear()
+    # Each request: the scrubber as a last line of defence, and an empty trail (neither the
+    # outer scope's nor the previous request's breadcrumbs).
+    assert [processors for processors, _ in seen] == [[_scrub_event], [_scrub_event]]
+    assert [crumbs for _, crumbs in seen] == [[], []]

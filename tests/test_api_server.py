@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import socket
 import ssl
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
@@ -346,3 +347,25 @@ async def test_a_request_waiting_for_its_container_does_not_hold_up_the_others(
                 with trio.fail_after(2):  # far below the 5 s the other request waits
                     assert (await client.get("/health")).status_code == 200
                 await running.api.add_container(40002)
+
+
+async def test_a_get_with_a_body_has_its_credentials_checked_however_it_is_framed(
+    tmp_path: Path,
+) -> None:
+    """A GET skips reading a body only when no header announces one: a wrong secret sent
+    in a body (with a length, or chunked) still refuses the request."""
+
+    async def chunks() -> AsyncIterator[bytes]:
+        yield b'{"auth_secret": '
+        yield b'"wrong"}'
+
+    with trio.fail_after(TIMEOUT):
+        async with running_api(tmp_path) as running, tls_client(running) as client:
+            plain = await client.get("/status", headers=AUTH)
+            sized = await client.request(
+                "GET", "/status", headers=AUTH, content=b'{"auth_secret": "wrong"}'
+            )
+            chunked = await client.request("GET", "/status", headers=AUTH, content=chunks())
+    assert "content-length" in sized.request.headers
+    assert chunked.request.headers["transfer-encoding"] == "chunked"
+    assert (plain.status_code, sized.status_code, chunked.status_code) == (200, 401, 401)

@@ -152,3 +152,46 @@ def test_refuses_to_run_as_non_root_outside_localdev() -> None:
     assert result.returncode == 2
     assert "requires root" in result.stderr
     assert "not-logged-secret" not in result.stderr
+
+
+def test_run_imports_without_the_collector_and_turns_it_back_on_before_the_service(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`run` pauses the cyclic collector for its imports; the service itself always runs
+    with it on, and what the imports left is frozen out of its passes."""
+    import gc
+
+    from fractal_hostd import cli, supervisor
+    from fractal_hostd.config import Config
+    from fractal_hostd.process import early_signals, instance_lock
+
+    seen: list[tuple[str, bool, int]] = []
+    pause = cli.pause_collector_for_imports
+
+    def recording_pause() -> None:
+        pause()
+        seen.append(("paused", gc.isenabled(), gc.get_freeze_count()))
+
+    def fake_service(config: Config) -> int:
+        seen.append(("service", gc.isenabled(), gc.get_freeze_count()))
+        return 0
+
+    # This test process keeps its own signal handling.
+    monkeypatch.setattr(early_signals, "install", lambda: None)
+    monkeypatch.setattr(early_signals, "ignore", lambda: None)
+    monkeypatch.setattr(cli, "pause_collector_for_imports", recording_pause)
+    monkeypatch.setattr(instance_lock, "acquire", lambda root, private_dir: None)
+    monkeypatch.setattr(supervisor, "run_service", fake_service)
+    monkeypatch.setattr(sys, "argv", ["fractal-hostd", "run"])
+    monkeypatch.setenv("APP_ENV", "localdev")
+    frozen_before = gc.get_freeze_count()
+    try:
+        assert cli.main() == 0
+    finally:
+        gc.enable()
+        gc.unfreeze()
+    assert [(step, enabled) for step, enabled, _ in seen] == [
+        ("paused", False),
+        ("service", True),
+    ]
+    assert seen[1][2] > frozen_before

@@ -30,6 +30,7 @@ from fractal_hostd.process.logs import FILTERED
 from tests.api_fixtures import AUTH, make_api
 from tests.fakes.sentry import FakeSentry, parse_envelope, reset_sentry, running_fake_sentry
 from tests.instance_fixtures import PUBLIC_METADATA as METADATA
+from tests.logging_fixtures import restore_logging  # noqa: F401 (autouse)
 
 # Made at run time: source lines in tracebacks are not scrubbed (by design: runtime secrets are
 # never in our source), so a literal here would show up in the events as source context.
@@ -500,3 +501,38 @@ def test_parse_envelope_with_and_without_length() -> None:
     assert items[0].payload == {"level": "x"}
     assert items[1].payload == b"ab\n"
     assert items[2].payload == {"discarded_events": []}
+
+
+def test_a_breadcrumb_of_a_record_the_log_filter_redacted_is_not_scrubbed_twice() -> None:
+    record = logging.LogRecord("x", logging.INFO, __file__, 1, "token=%s", (SECRET,), None)
+    record.refresh_token = SECRET
+    # Not through the filter (a logger whose records never reach our handler): scrubbed here.
+    crumb = {"message": f"token={SECRET}", "data": {"refresh_token": SECRET}}
+    assert telemetry.scrub_breadcrumb(crumb, {"log_record": record}) == {
+        "message": f"token={FILTERED}",
+        "data": {"refresh_token": FILTERED},
+    }
+    assert logs.RedactingFilter().filter(record)
+    redacted = {"message": record.getMessage(), "data": {"refresh_token": record.refresh_token}}
+    assert redacted == {"message": f"token={FILTERED}", "data": {"refresh_token": FILTERED}}
+    assert telemetry.scrub_breadcrumb(redacted, {"log_record": record}) is redacted
+
+
+async def test_breadcrumbs_of_the_service_logs_reach_sentry_redacted() -> None:
+    """With the service's handler (its filter redacts, the breadcrumb is not scrubbed again)."""
+    with open(os.devnull, "w") as devnull:
+        logs.setup_logging(fmt="json", level="info")
+        handler = logging.getLogger().handlers[-1]
+        assert isinstance(handler, logging.StreamHandler)
+        handler.setStream(devnull)
+        log = logging.getLogger("fractal_hostd.api")
+        with trio.fail_after(10):
+            async with running_fake_sentry() as sentry:
+                start(sentry)
+                log.info("PUT with token=%s", SECRET, extra={"client_secret": SECRET, "n": 1})
+                sentry_sdk.capture_message("marker")
+                [event] = await sentry.wait_for_events(1)
+    [crumb] = [c for c in event["breadcrumbs"]["values"] if c["category"] == "fractal_hostd.api"]
+    assert crumb["message"] == f"PUT with token={FILTERED}"
+    assert crumb["data"] == {"client_secret": FILTERED, "n": 1}
+    assert SECRET not in everything_received(sentry)

@@ -24,7 +24,7 @@ import httpx
 import trio
 
 from fractal_hostd.hoststate import InstanceMetadata
-from fractal_hostd.httpclient import OwnsHttpClient
+from fractal_hostd.httpclient import OwnsHttpClient, tls_settings
 
 logger = logging.getLogger(__name__)
 
@@ -81,6 +81,7 @@ class ImdsClient(OwnsHttpClient):
         self._http = httpx.AsyncClient(
             base_url=self.base_url,
             transport=transport,
+            verify=tls_settings(self.base_url, trust_env=False),
             timeout=httpx.Timeout(timeout),
             follow_redirects=False,
             trust_env=False,  # IMDS is link-local: never through an HTTP(S)_PROXY

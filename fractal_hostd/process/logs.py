@@ -35,6 +35,10 @@ FILTERED: Final = "[Filtered]"
 # Keys with a leading underscore are left out of log output and of Sentry's `extra`.
 NO_SENTRY_EVENT: Final = "_no_sentry_event"
 
+# Set on a record once `RedactingFilter` has redacted all of it (message and `extra=` fields):
+# the Sentry breadcrumb made from it afterwards needs no second pass (`telemetry`).
+REDACTED: Final = "_redacted"
+
 LEVELS: Final[Mapping[str, int]] = {
     "debug": logging.DEBUG,
     "info": logging.INFO,
@@ -186,6 +190,7 @@ class RedactingFilter(logging.Filter):
         # could not be checked for secrets).
         try:
             self._redact(record)
+            setattr(record, REDACTED, True)
         except Exception as exc:
             record.msg = f"unloggable record at {record.pathname}:{record.lineno}: {exc!r}"
             record.args = None

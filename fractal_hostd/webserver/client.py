@@ -21,7 +21,7 @@ import httpx
 import trio
 
 from fractal_hostd.hoststate import InstanceMetadata
-from fractal_hostd.httpclient import OwnsHttpClient
+from fractal_hostd.httpclient import OwnsHttpClient, tls_settings
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +72,7 @@ class WebserverClient(OwnsHttpClient):
         self._http = httpx.AsyncClient(
             base_url=self.base_url,
             transport=transport,
+            verify=tls_settings(self.base_url),
             timeout=httpx.Timeout(timeout),
             follow_redirects=False,
         )
