@@ -513,7 +513,10 @@ def test_a_breadcrumb_of_a_record_the_log_filter_redacted_is_not_scrubbed_twice(
         "data": {"refresh_token": FILTERED},
     }
     assert logs.RedactingFilter().filter(record)
-    redacted = {"message": record.getMessage(), "data": {"refresh_token": record.refresh_token}}
+    redacted = {
+        "message": record.getMessage(),
+        "data": {"refresh_token": record.__dict__["refresh_token"]},
+    }
     assert redacted == {"message": f"token={FILTERED}", "data": {"refresh_token": FILTERED}}
     assert telemetry.scrub_breadcrumb(redacted, {"log_record": record}) is redacted
 
