@@ -8,7 +8,9 @@ event's timeNano to the moment inotify, in another process (bench/tty_observer.p
 `tty` file renamed into place. Phases alternate in interleaved rounds: idle; the same under
 `wrk` with 50 keep-alive connections on `GET /health`; and under 50 connections of
 `PUT /set_container_dpi` on one long-lived container, a new DPI each request (DPI and
-`.ready` rewritten and fsynced, with their directory, every time). Goals (issue 14): start ->
+`.ready` rewritten and fsynced, with their directory, every time); and, as the machine's own
+floor, the same /health load sent to a bare quart-trio app in another process (bench_floors'),
+which costs the event path only the cores that wrk and that app take. Goals (issue 14): start ->
 tty p50 under the /health load at most 1.5x idle, p99 under the set_container_dpi load at
 most 2x idle (ratios per round against that round's idle phase, medians of the rounds).
 Per phase also: the part from the start event to the lifecycle (event read, inspected), from
@@ -40,6 +42,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
+from bench_api import server_process  # noqa: E402
 from bench_common import results_header, write_results  # noqa: E402
 from bench_docker import fake_engine_process, percentile, stream  # noqa: E402
 
@@ -56,7 +59,7 @@ from fractal_hostd.metrics import Metrics  # noqa: E402
 from fractal_hostd.process.logs import setup_logging  # noqa: E402
 
 RESULTS = REPO / "bench" / "results" / "priority.json"
-PHASES = ("idle", "api_load", "dpi_load")
+PHASES = ("idle", "api_load", "api_load_elsewhere", "dpi_load")
 # Issue 14, goal 1: load / idle, each round against its own idle phase.
 GOALS = {"api_load": {"p50_ms": 1.5}, "dpi_load": {"p99_ms": 2.0}}
 AUTH_SECRET = "bench-secret-0123456789"
@@ -191,9 +194,11 @@ async def starts(
     return latencies, to_lifecycle, to_thread
 
 
-def load_command(phase: str, url: str, script: Path) -> list[str] | None:
+def load_command(phase: str, url: str, floor_url: str, script: Path) -> list[str] | None:
     if phase == "api_load":
         return ["wrk", "-t2", "-c50", "-d600s", url + "/health"]
+    if phase == "api_load_elsewhere":
+        return ["wrk", "-t2", "-c50", "-d600s", floor_url + "/health"]
     if phase == "dpi_load":
         return ["wrk", "-t2", "-c50", "-d600s", "-s", str(script), url + "/set_container_dpi"]
     return None
@@ -258,7 +263,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 for round_number in range(args.rounds):
                     for phase in PHASES:
                         wrk = None
-                        command = load_command(phase, url, script)
+                        command = load_command(phase, url, args.floor_url, script)
                         if command is not None:
                             wrk = await trio.lowlevel.open_process(
                                 command, stdout=subprocess.DEVNULL
@@ -328,12 +333,23 @@ def main() -> int:
     log = (REPO / "bench" / "results" / "priority-service.log").open("w")
     sys.stderr = log  # the JSON log lines at info, as in production, to a file
     setup_logging(fmt="json", level="info")
-    measured = trio.run(run, args)
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-priority-floor-", dir="/var/tmp") as floor_dir,
+        server_process(
+            [str(REPO / "bench" / "bench_floors.py"), "--serve-floor", "quart_trio", floor_dir],
+            Path(floor_dir),
+            AUTH_SECRET,
+            wait_s=15,
+        ) as (floor_url, _),
+    ):
+        args.floor_url = floor_url
+        measured = trio.run(run, args)
     result = {
         **results_header(
             "start event -> tty renamed into place (inotify, another process) on the fake "
             "engine: idle vs 50-connection /health and set_container_dpi loads in the same "
-            "loop (bench/bench_priority.py)"
+            "loop, and the /health load sent to a bare quart-trio app in another process "
+            "(bench/bench_priority.py)"
         ),
         **measured,
     }
