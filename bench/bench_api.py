@@ -146,10 +146,27 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+DPI_IN_BODY = '"dpi": 96'
+
+
 def _lua(path: Path, *, method: str, body: str | None, secret: str) -> Path:
     lines = [f'wrk.method = "{method}"', f'wrk.headers["Authorization"] = "Bearer {secret}"']
     if body is not None:
-        lines += [f"wrk.body = '{body}'", 'wrk.headers["Content-Type"] = "application/json"']
+        lines.append('wrk.headers["Content-Type"] = "application/json"')
+    if body is not None and DPI_IN_BODY in body:
+        # A new DPI each request: the same value twice writes nothing (the lifecycle rewrites
+        # only what differs), so a fixed one would measure no file write at all.
+        head, tail = body.split(DPI_IN_BODY)
+        lines += [
+            "counter = 0",
+            "request = function()",
+            "  counter = counter + 1",
+            f"  local body = '{head}\"dpi\": ' .. (counter % 900 + 50) .. '{tail}'",
+            "  return wrk.format(nil, nil, nil, body)",
+            "end",
+        ]
+    elif body is not None:
+        lines.append(f"wrk.body = '{body}'")
     path.write_text("\n".join(lines) + "\n")
     return path
 
