@@ -182,11 +182,9 @@ class GatedWrites:
         return fn()
 
 
-async def test_concurrent_start_values_share_one_write_and_the_last_value_wins(
-    tmp_path: Path,
-) -> None:
-    # Requests that queue behind a write of their container are written together by the
-    # next one: one set of fsyncs for the crowd, each answered once its values are durable.
+async def gated_lifecycle(tmp_path: Path) -> tuple[GatedWrites, ContainerLifecycle, trio.Event]:
+    """A lifecycle with container 1 on port 40001 whose next mapping write waits at the
+    returned gate (writes counted from 0)."""
     runner = GatedWrites()
     lifecycle = ContainerLifecycle(
         mappings_dir=tmp_path, registry=ContainerRegistry(), run_blocking=runner
@@ -194,6 +192,15 @@ async def test_concurrent_start_values_share_one_write_and_the_last_value_wins(
     await lifecycle.on_running(running(1, 40001))
     first_gate = trio.Event()
     runner.writes, runner.gate = 0, first_gate
+    return runner, lifecycle, first_gate
+
+
+async def test_concurrent_start_values_share_one_write_and_the_last_value_wins(
+    tmp_path: Path,
+) -> None:
+    # Requests that queue behind a write of their container are written together by the
+    # next one: one set of fsyncs for the crowd, each answered once its values are durable.
+    runner, lifecycle, first_gate = await gated_lifecycle(tmp_path)
     answered: list[int] = []
 
     async def request(dpi: int) -> None:
@@ -222,13 +229,7 @@ async def test_a_die_between_setting_and_writing_start_values_answers_unknown(
 ) -> None:
     # B sets its values while A's write runs, the die queued behind B takes the container
     # before B's write: B answers "unknown container" and no directory comes back.
-    runner = GatedWrites()
-    lifecycle = ContainerLifecycle(
-        mappings_dir=tmp_path, registry=ContainerRegistry(), run_blocking=runner
-    )
-    await lifecycle.on_running(running(1, 40001))
-    first_gate = trio.Event()
-    runner.gate = first_gate
+    _, lifecycle, first_gate = await gated_lifecycle(tmp_path)
     outcome: dict[str, object] = {}
 
     async def request(name: str, dpi: int) -> None:
