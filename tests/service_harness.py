@@ -65,13 +65,19 @@ async def running_peers(tmp_path: Path, *, sentry_blackhole: bool = False) -> As
             shutil.rmtree(socket_dir, ignore_errors=True)
 
 
-def service_env(tmp_path: Path, peers: Peers, **extra: str) -> dict[str, str]:
-    env = {
+def environ_without_service_settings() -> dict[str, str]:
+    """This process's environment minus everything that configures the service (the test
+    sets what it wants), systemd's hand-overs included."""
+    return {
         k: v
         for k, v in os.environ.items()
         if not k.startswith(("FRACTAL_", "SENTRY_", "APP_ENV", "USE_PROD_SENTRY", "DOCKER_HOST"))
         and k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "CREDENTIALS_DIRECTORY")
     }
+
+
+def service_env(tmp_path: Path, peers: Peers, **extra: str) -> dict[str, str]:
+    env = environ_without_service_settings()
     env.update(
         APP_ENV="dev",
         FRACTAL_ROOT=str(tmp_path / "fractal"),

@@ -37,7 +37,7 @@ from tests.chaos.invariants import Checker, FileEntry, MappingEntry, Snapshot
 from tests.chaos.service import Api, Service, free_port
 from tests.fakes.imds import FakeImds, running_fake_imds
 from tests.fakes.webserver import FakeWebserver, running_fake_webserver
-from tests.service_harness import AUTH_SECRET
+from tests.service_harness import AUTH_SECRET, environ_without_service_settings
 
 HERE = Path(__file__).resolve().parent
 READY_TIMEOUT = 60.0
@@ -222,14 +222,7 @@ class Driver:
         tmp.replace(self.work / "rclone.json")
 
     def _env(self, docker_socket: str, api_port: int) -> dict[str, str]:
-        env = {
-            k: v
-            for k, v in os.environ.items()
-            if not k.startswith(
-                ("FRACTAL_", "SENTRY_", "APP_ENV", "USE_PROD_SENTRY", "DOCKER_HOST")
-            )
-            and k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "CREDENTIALS_DIRECTORY")
-        }
+        env = environ_without_service_settings()
         env.update(
             APP_ENV="dev",
             PATH=f"{self.work / 'bin'}:{env.get('PATH', '/usr/bin:/bin')}",
