@@ -7,6 +7,7 @@ Rules: unix sockets under /tmp only, an absolute `trio.fail_after` around every 
 from __future__ import annotations
 
 import functools
+import time
 from collections.abc import AsyncIterator, Callable, Container, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -20,7 +21,7 @@ from fractal_hostd.containers.info import ContainerInfo
 from fractal_hostd.containers.lifecycle import ContainerLifecycle, run_inline
 from fractal_hostd.containers.registry import ContainerRegistry
 from fractal_hostd.docker.client import DockerClient
-from fractal_hostd.docker.cursor import EventCursor, format_since
+from fractal_hostd.docker.cursor import EventCursor, RunStarts, format_since
 from fractal_hostd.docker.events import (
     INSPECT_CONCURRENCY,
     RETRY,
@@ -297,6 +298,47 @@ async def test_stale_die_of_a_restarted_container_keeps_its_tty(
         await wait_for(lambda: status.reconnects == 1 and status.events_processed >= 3)
     assert ("gone", container) not in lifecycle.calls
     assert lifecycle.tty(container) == "10"
+
+
+async def test_a_die_delivered_after_the_containers_next_start_keeps_its_files(
+    fake_docker: FakeDockerEngine, fake_client: DockerClient, lifecycle: RecordingLifecycle
+) -> None:
+    # An engine that reorders (chaos `reorder_events`): the restart's start comes first,
+    # the die of the run before it last. Acted on blindly, that die would remove a live
+    # container's directory and TTY; it is checked against the present state instead.
+    async with streaming(fake_client, lifecycle) as status:
+        container = await run_managed(fake_docker, lifecycle, "fhtest-reordered")
+        handled = status.events_processed
+        fake_docker.silent = True
+        fake_docker.kill(container)
+        fake_docker.start(container)
+        fake_docker.silent = False
+        restarted_at = time.time_ns()
+        fake_docker.emit("start", container, time_nano=restarted_at)
+        fake_docker.emit("die", container, time_nano=restarted_at - 1_000)
+        await wait_for(lambda: status.events_processed == handled + 2)
+    assert ("gone", container) not in lifecycle.calls
+    assert lifecycle.tty(container) == "10"
+
+
+def test_run_starts_judges_a_die_by_its_containers_latest_start() -> None:
+    starts = RunStarts(window=2)
+
+    def event(action: str, container: str, at: int) -> dict[str, Any]:
+        return {"Action": action, "Actor": {"ID": container}, "timeNano": at}
+
+    starts.note(event("start", "a", 10))
+    assert starts.outdated(event("die", "a", 5))
+    assert not starts.outdated(event("die", "a", 15))
+    assert not starts.outdated(event("die", "b", 5))  # no start seen: acted on as it comes
+    starts.note(event("start", "a", 8))  # an older start changes nothing
+    assert starts.outdated(event("die", "a", 9))
+    starts.note(event("destroy", "a", 20))
+    assert not starts.outdated(event("die", "a", 5))
+    for n, name in enumerate("bcd"):
+        starts.note(event("start", name, 100 + n))
+    assert not starts.outdated(event("die", "b", 1))  # the oldest is forgotten (window 2)
+    assert starts.outdated(event("die", "d", 1))
 
 
 async def test_one_failing_event_does_not_end_the_stream(

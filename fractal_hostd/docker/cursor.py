@@ -72,3 +72,33 @@ class EventCursor:
         if self.last_time_nano is None:
             return None
         return format_since(self.last_time_nano)
+
+
+class RunStarts:
+    """The timeNano of each container's latest `start` event handled, so that a `die` older
+    than it, which belongs to an earlier run and came late (an engine that reorders, or a
+    replay), is checked against the container's present state instead of acted on. Bounded:
+    the oldest containers are forgotten first (their dies are then acted on as they come).
+    """
+
+    def __init__(self, window: int = 4096) -> None:
+        self._window = window
+        self._started: OrderedDict[str, int] = OrderedDict()
+
+    def note(self, event: dict[str, Any]) -> None:
+        key = event_key(event)
+        if key is None:
+            return
+        time_nano, container_id, action = key
+        if action == "destroy":
+            self._started.pop(container_id, None)
+        elif action == "start" and time_nano > self._started.get(container_id, -1):
+            self._started[container_id] = time_nano
+            self._started.move_to_end(container_id)
+            if len(self._started) > self._window:
+                self._started.popitem(last=False)
+
+    def outdated(self, event: dict[str, Any]) -> bool:
+        """True for an event older than its container's latest start handled."""
+        key = event_key(event)
+        return key is not None and key[0] < self._started.get(key[1], -1)

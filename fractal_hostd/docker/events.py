@@ -59,7 +59,7 @@ from fractal_hostd.docker.client import (
     DockerTimeout,
     DockerUnreachable,
 )
-from fractal_hostd.docker.cursor import EventCursor, format_since
+from fractal_hostd.docker.cursor import EventCursor, RunStarts, format_since
 from fractal_hostd.docker.fanout import EventFanout
 from fractal_hostd.hoststate import DockerStatus
 
@@ -295,6 +295,7 @@ class _EventStream:
         self.reconcile_interval = reconcile_interval
         self.reconcile_jitter = reconcile_jitter
         self.cursor = EventCursor()
+        self.run_starts = RunStarts()
         # Where a reconnect resumes before any event was handled: the first subscription.
         self.first_since: str | None = None
         self.adopted = False
@@ -446,7 +447,10 @@ class _EventStream:
             and event.get("Type", "container") == "container"
             and action in _HANDLED_ACTIONS
         ):
+            # A die of an earlier run handled after the container's next start: inspect first.
+            stale = stale or (action == "die" and self.run_starts.outdated(event))
             await self._apply(container_id, action, stale=stale, event=event)
+            self.run_starts.note(event)
             self.status.event_processed(event)
         # Only now: an event whose handling was cut short by a lost dockerd (the raise
         # above) stays after the resume point and comes back in the `since` replay; and it

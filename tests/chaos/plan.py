@@ -72,7 +72,6 @@ REAL_ONLY = {"dockerd_kill", "dockerd_kill_always"}
 # Kinds that find a known defect of today's main (see docs/chaos.md): off unless asked for.
 DEFAULT_DISABLED: set[str] = {
     "lost_events",  # events dropped by dockerd: only the 300 s reconcile repairs them
-    "reorder_events",  # a die handled after its container's next start removes a live dir
 }
 
 
