@@ -446,7 +446,9 @@ class ContainerLifecycle:
         wanted = {
             name: files
             for name, kind in entries
-            if kind == "dir" and (files := self._wanted_files(name)) is not None
+            if kind == "dir"
+            and name not in leave_alone
+            and (files := self._wanted_files(name)) is not None
         }
         tampered = await self._io(_tampered_dirs, self._mappings_dir, wanted)
         for name, kind in entries:

@@ -118,23 +118,19 @@ class MappingDir:
             ) as dir_fd,
         ):
             os.fchmod(dir_fd, DIR_MODE)  # also repairs a mode a container changed
-            base: list[tuple[str, str | None]] = [(HOST_PORT_FILE, str(files.host_port))]
-            base.append((TTY_FILE, None if files.tty is None else str(files.tty)))
-            stale = [(name, value) for name, value in base if _current(dir_fd, name) != value]
-            values, untrusted = _value_changes(dir_fd, files)
-            ready_wanted = files.ready and files.tty is not None and not untrusted
-            if (stale or not ready_wanted) and safefs.remove_file(dir_fd, READY_FILE):
+            plan = _plan(dir_fd, files)
+            if (plan.stale or not plan.ready_wanted) and safefs.remove_file(dir_fd, READY_FILE):
                 safefs.fsync_fd(dir_fd)  # `.ready` is gone before anything it vouches for goes
-            changed = stale + [(name, None) for name in untrusted] + values
+            changed = plan.changes
             _put(dir_fd, changed)
             if changed:
                 safefs.fsync_fd(dir_fd)  # one fsync makes every rename above durable
-            if stale:
+            if plan.stale:
                 # The directory's entry: made just now, or by a write that failed half-way.
                 safefs.fsync_fd(parent_fd)
-            if ready_wanted and (changed or _current(dir_fd, READY_FILE) != READY_CONTENT):
+            if plan.ready_wanted and (changed or _current(dir_fd, READY_FILE) != READY_CONTENT):
                 safefs.write_file(dir_fd, READY_FILE, READY_CONTENT.encode(), mode=FILE_MODE)
-            return untrusted
+            return plan.untrusted
 
     def tampered(self, files: MappingFiles) -> bool:
         """Whether `write(files)` would change anything (reads only). Never raises: a
@@ -142,17 +138,13 @@ class MappingDir:
         retries a disk error)."""
         try:
             with safefs.opened(safefs.open_path(self._root, self._parts)) as dir_fd:
-                if _current(dir_fd, HOST_PORT_FILE) != str(files.host_port):
-                    return True
-                if _current(dir_fd, TTY_FILE) != (None if files.tty is None else str(files.tty)):
-                    return True
-                values, untrusted = _value_changes(dir_fd, files)
+                plan = _plan(dir_fd, files)
                 ready = _current(dir_fd, READY_FILE)
         except OSError:
             return True
-        if files.ready and files.tty is not None:
-            return bool(values or untrusted) or ready != READY_CONTENT
-        return bool(values or untrusted) or ready is not None
+        if plan.changes:
+            return True
+        return ready != READY_CONTENT if plan.ready_wanted else ready is not None
 
     def read(self) -> MappingContents:
         """Read the directory back, each file on its own. Raises OSError (FileNotFoundError,
@@ -240,22 +232,41 @@ def _current(dir_fd: int, name: str) -> str | _Garbage | None:
 _TRANSIENT = frozenset({errno.EIO, errno.ENOSPC, errno.EROFS})
 
 
-def _value_changes(
-    dir_fd: int, files: MappingFiles
-) -> tuple[list[tuple[str, str | None]], tuple[str, ...]]:
-    """The DPI/ContainerARN files to (re)write, and those to remove as untrusted: a link, a
-    non-regular file or garbage where the value is not known (None: left as it is)."""
-    changes: list[tuple[str, str | None]] = []
+@dataclass(frozen=True)
+class _Plan:
+    """What `write` must change in a directory to make it hold `files` (`.ready` apart)."""
+
+    stale: list[tuple[str, str | None]]  # host-port / tty files to (re)write or remove
+    values: list[tuple[str, str | None]]  # DPI / ContainerARN files to (re)write
+    untrusted: tuple[str, ...]  # DPI / ContainerARN to remove: no value of ours, none known
+    ready_wanted: bool
+
+    @property
+    def changes(self) -> list[tuple[str, str | None]]:
+        """Every file to write (value) or remove (None), in `write`'s order."""
+        return self.stale + [(name, None) for name in self.untrusted] + self.values
+
+
+def _plan(dir_fd: int, files: MappingFiles) -> _Plan:
+    """Reads only. An untrusted DPI/ContainerARN is a link, a non-regular file or garbage
+    where the value is not known (None in `files`: a trusted one is left as it is)."""
+    base = [
+        (HOST_PORT_FILE, str(files.host_port)),
+        (TTY_FILE, None if files.tty is None else str(files.tty)),
+    ]
+    stale = [(name, value) for name, value in base if _current(dir_fd, name) != value]
+    values: list[tuple[str, str | None]] = []
     untrusted: list[str] = []
     for name, wanted in ((DPI_FILE, files.dpi), (ARN_FILE, files.container_arn)):
         current = _current(dir_fd, name)
         if wanted is not None:
             text = str(wanted)
             if current != text:
-                changes.append((name, text))
+                values.append((name, text))
         elif isinstance(current, _Garbage) or not _is_value(name, current):
             untrusted.append(name)
-    return changes, tuple(untrusted)
+    ready_wanted = files.ready and files.tty is not None and not untrusted
+    return _Plan(stale, values, tuple(untrusted), ready_wanted)
 
 
 def _is_value(name: str, text: str | None) -> bool:
