@@ -14,8 +14,10 @@ which costs the event path only the cores that wrk and that app take. Goals (iss
 tty p50 under the /health load at most 1.5x idle, p99 under the set_container_dpi load at
 most 2x idle (ratios per round against that round's idle phase, medians of the rounds).
 Per phase also: the part from the start event to the lifecycle (event read, inspected), from
-there to the worker thread starting the write, set_container_dpi answers/s and mapping
-writes/s (concurrent requests for one container share writes).
+there to the worker thread starting the write, the write's time in that thread,
+set_container_dpi answers/s and mapping writes/s (concurrent requests for one container
+share writes). `--no-priority` serves the API without the lifecycle's holds
+(fractal_hostd/event_priority.py), the A/B of that mechanism.
 Writes bench/results/priority.json.
 
     python bench/bench_priority.py [--rounds 3] [--starts 100]
@@ -75,16 +77,23 @@ class NotingLifecycle(ContainerLifecycle):
         super().__init__(mappings_dir=mappings, registry=registry, run_blocking=self._in_thread)
         self.entered_at: dict[str, int] = {}
         self.thread_at: dict[str, int] = {}  # its first write began in the worker thread
+        self.write_ms: dict[str, float] = {}  # how long that write took in the thread
         self.requests_answered = 0  # set_start_values calls that returned
         self.writes = 0  # mapping writes begun (every container's, and the load's)
 
     async def _in_thread(self, fn: Callable[[], T]) -> T:
         def noted() -> T:
             owner = getattr(getattr(fn, "func", None), "__self__", None)
-            if isinstance(owner, MappingDir):
-                self.writes += 1
-                self.thread_at.setdefault(owner.path.name, time.time_ns())
-            return fn()
+            if not isinstance(owner, MappingDir):
+                return fn()
+            self.writes += 1
+            name = owner.path.name
+            self.thread_at.setdefault(name, time.time_ns())
+            began = time.perf_counter()
+            try:
+                return fn()
+            finally:
+                self.write_ms.setdefault(name, (time.perf_counter() - began) * 1000)
 
         return await run_in_thread(noted)
 
@@ -163,24 +172,30 @@ async def starts(
     registry: ContainerRegistry,
     start_times: dict[str, int],
     lifecycle: NotingLifecycle,
-) -> tuple[list[float], list[float], list[float]]:
-    """Start `count` containers one at a time; each one's start -> `tty` in ms, and its
-    part from the start event to the lifecycle. They are removed now and then (but not the
-    load's target) to free TTYs."""
+) -> tuple[list[float], list[float], list[float], list[float]]:
+    """Start `count` containers one at a time; each one's start -> `tty` in ms, its part
+    from the start event to the lifecycle, from there to the thread, and its write there.
+    They are removed now and then (but not the load's target) to free TTYs."""
     latencies: list[float] = []
     to_lifecycle: list[float] = []
     to_thread: list[float] = []
+    write_ms: list[float] = []
     started: list[str] = []
     for _ in range(count):
         [container_id] = (await control.post("/fake/run", params={"count": 1})).json()
         started.append(container_id)
         with trio.fail_after(30):
-            while container_id not in observer.seen_at or container_id not in start_times:
+            while (
+                container_id not in observer.seen_at
+                or container_id not in start_times
+                or container_id not in lifecycle.write_ms
+            ):
                 await trio.sleep(0.001)
         latencies.append((observer.seen_at[container_id] - start_times[container_id]) / 1e6)
         entered = lifecycle.entered_at[container_id]
         to_lifecycle.append((entered - start_times[container_id]) / 1e6)
         to_thread.append((lifecycle.thread_at[container_id] - entered) / 1e6)
+        write_ms.append(lifecycle.write_ms[container_id])
         if len(started) >= KEEP_AT_MOST:
             for old in started:
                 await control.post("/fake/remove", params={"id": old})
@@ -191,7 +206,7 @@ async def starts(
         await trio.sleep(0.01)  # one start at a time, as a host sees them
     for old in started:
         await control.post("/fake/remove", params={"id": old})
-    return latencies, to_lifecycle, to_thread
+    return latencies, to_lifecycle, to_thread, write_ms
 
 
 def load_command(phase: str, url: str, floor_url: str, script: Path) -> list[str] | None:
@@ -250,6 +265,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                         certfile=tls.certfile,
                         keyfile=tls.keyfile,
                         shutdown_trigger=stop_api.wait,
+                        priority=None if args.no_priority else lifecycle.priority,
                     )
                 )
                 # The set_container_dpi load's target lives through the whole run.
@@ -272,7 +288,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                         answered, writes = lifecycle.requests_answered, lifecycle.writes
                         began = time.perf_counter()
                         try:
-                            latencies, to_lifecycle, to_thread = await starts(
+                            latencies, to_lifecycle, to_thread, write_ms = await starts(
                                 args.starts, control, observer, registry, start_times, lifecycle
                             )
                         finally:
@@ -292,6 +308,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                             "to_lifecycle_p99_ms": round(percentile(to_lifecycle, 99), 3),
                             "lifecycle_to_thread_p50_ms": round(statistics.median(to_thread), 3),
                             "lifecycle_to_thread_p99_ms": round(percentile(to_thread, 99), 3),
+                            "write_in_thread_p50_ms": round(statistics.median(write_ms), 3),
+                            "write_in_thread_p99_ms": round(percentile(write_ms, 99), 3),
                         }
                         phases[phase].append(result)
                         print(
@@ -326,10 +344,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--starts", type=int, default=100)
-    parser.add_argument("--switch-interval", type=float, help="sys.setswitchinterval (s)")
+    parser.add_argument(
+        "--no-priority",
+        action="store_true",
+        help="the API ignores the lifecycle's holds (the floor of fractal_hostd.event_priority)",
+    )
     args = parser.parse_args()
-    if args.switch_interval is not None:
-        sys.setswitchinterval(args.switch_interval)
     log = (REPO / "bench" / "results" / "priority-service.log").open("w")
     sys.stderr = log  # the JSON log lines at info, as in production, to a file
     setup_logging(fmt="json", level="info")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import trio
 
 from fractal_hostd.api.slots import RequestSlots, SlottedApp
+from fractal_hostd.event_priority import EventPriority
 
 
 async def test_requests_beyond_the_limit_wait_for_a_slot(autojump_clock: trio.abc.Clock) -> None:
@@ -98,3 +99,35 @@ async def test_at_shutdown_every_request_goes_in(autojump_clock: trio.abc.Clock)
         nursery.start_soon(queued)  # and a later one does not wait either
     slots.release(holder)
     assert entered == [start + 1, start + 1]
+
+
+async def test_a_request_with_its_slot_waits_for_a_hold_to_end(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """While a starting container's files are written no handler starts, even one that was
+    queued for its slot before the hold began (fractal_hostd/event_priority.py)."""
+    slots = RequestSlots(limit=1, lease=10.0)
+    priority = EventPriority(limit=1.0)
+    entered: dict[str, float] = {}
+
+    async def handler(scope: dict[str, str], receive: object, send: object) -> None:
+        entered[scope["path"]] = trio.current_time()
+        await trio.sleep(0.1)
+
+    app = SlottedApp(handler, slots, priority)  # type: ignore[arg-type]
+
+    async def request(path: str) -> None:
+        await app({"type": "http", "path": path}, None, None)  # type: ignore[arg-type]
+
+    began = trio.current_time()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(slots.run)
+        nursery.start_soon(request, "/a")
+        await trio.sleep(0.01)
+        nursery.start_soon(request, "/b")  # queued for the slot /a holds
+        await trio.sleep(0.01)
+        with priority.hold():
+            await trio.sleep(0.5)  # /a finishes meanwhile; /b gets the slot, not its turn
+        await trio.sleep(1)
+        nursery.cancel_scope.cancel()
+    assert entered == {"/a": began, "/b": began + 0.52}

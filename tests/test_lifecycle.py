@@ -657,3 +657,26 @@ async def test_reconcile_leaves_an_intact_directory_unwritten(host: Host) -> Non
     before = os.stat(host.root / cid(1) / ".ready").st_ino
     await host.lifecycle.reconcile([running(1, 40001)])
     assert os.stat(host.root / cid(1) / ".ready").st_ino == before
+
+
+async def test_a_starting_containers_write_holds_the_api(tmp_path: Path) -> None:
+    """Its first files are written while the API waits (fractal_hostd/event_priority.py);
+    start values sent through the API are not: that would hold the API for itself."""
+    holding: list[bool] = []  # at each write
+    lifecycle: ContainerLifecycle
+
+    async def noting(fn: Callable[[], T]) -> T:
+        owner = getattr(getattr(fn, "func", None), "__self__", None)
+        if isinstance(owner, MappingDir):
+            holding.append(lifecycle.priority.holding)
+        await trio.lowlevel.checkpoint()
+        return fn()
+
+    lifecycle = ContainerLifecycle(
+        mappings_dir=tmp_path / "m", registry=ContainerRegistry(), run_blocking=noting
+    )
+    await lifecycle.on_running(running(1, 40001))
+    assert holding == [True]
+    await lifecycle.set_start_values(40001, dpi=96)
+    assert holding == [True, False]
+    assert not lifecycle.priority.holding

@@ -89,6 +89,7 @@ async def start_api(
                 graceful_timeout=graceful_timeout,
                 max_connections=config.api_max_connections,
                 metrics_registry=metrics.registry,
+                priority=lifecycle.priority,
             )
         )
     except* OSError as errors:

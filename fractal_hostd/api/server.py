@@ -53,6 +53,7 @@ from fractal_hostd.api.connections import (
     refuse,
 )
 from fractal_hostd.api.slots import DEFAULT_REQUEST_SLOTS, RequestSlots, SlottedApp
+from fractal_hostd.event_priority import EventPriority
 
 logger = logging.getLogger(__name__)
 
@@ -215,6 +216,7 @@ async def serve_api(
     max_connections: int = DEFAULT_MAX_CONNECTIONS,
     metrics_registry: CollectorRegistry | None = None,
     request_slots: int = DEFAULT_REQUEST_SLOTS,
+    priority: EventPriority | None = None,
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve until `shutdown_trigger` returns and in-flight requests are drained.
@@ -222,7 +224,8 @@ async def serve_api(
     `task_status.started()` reports the bound URL (``https://HOST:PORT``, the real port when
     `bind` asked for port 0) once the socket listens. At most `max_connections` are open at
     once; the refused ones are counted in `metrics_registry` (see `connections`). At most
-    `request_slots` requests run their handler at once (see `slots`).
+    `request_slots` requests run their handler at once (see `slots`), none while `priority`
+    holds the API (the lifecycle's, while a starting container's files are written).
 
     This is `hypercorn.trio.serve` (hypercorn/trio/run.py: lifespan, drain, graceful timeout)
     with our own accept loop in place of `trio.serve_listeners` + `trio.SSLListener`: those
@@ -235,7 +238,7 @@ async def serve_api(
     slots = RequestSlots(request_slots)
     shielded = _ShieldedSend(app, limit=graceful_timeout)
     asgi = wrap_app(
-        SlottedApp(shielded, slots),
+        SlottedApp(shielded, slots, priority),
         config.wsgi_max_body_size,
         "asgi",
     )

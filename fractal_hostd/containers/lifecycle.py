@@ -43,6 +43,7 @@ from fractal_hostd.containers.mapping import (
     remove_entry,
 )
 from fractal_hostd.containers.registry import ContainerRecord, ContainerRegistry
+from fractal_hostd.event_priority import EventPriority
 
 logger = logging.getLogger(__name__)
 
@@ -123,6 +124,8 @@ class ContainerLifecycle:
     ) -> None:
         self._mappings_dir = mappings_dir
         self._run_blocking = run_blocking
+        # Held while a starting container's first files are written: the API serves it.
+        self.priority = EventPriority()
         self._registry = registry
         self._pool = registry.tty_pool
         self._on_gone_hook = on_gone
@@ -330,7 +333,8 @@ class ContainerLifecycle:
         record = ContainerRecord(id=info.id, host_port=info.host_port, tty=None)
         self._give_tty(record)
         # Files first: whoever wakes on the registry (the API) may write into the directory.
-        await self._write(record)
+        with self.priority.hold():  # the API waits: its load slowed this write 5x
+            await self._write(record)
         self._registry.add(record)
         logger.info(
             "container running: host port %d, tty %s",
