@@ -17,6 +17,7 @@ import httpx
 import trio
 from quart_trio import QuartTrio
 
+from fractal_hostd.api.slots import DEFAULT_REQUEST_SLOTS
 from fractal_hostd.api.app import create_app
 from fractal_hostd.api.server import serve_api
 from fractal_hostd.api.tls import TlsFiles, generate_certificate
@@ -181,7 +182,7 @@ async def running_api(
     graceful_timeout: float = 3.0,
     api: Api | None = None,
     max_connections: int = 256,
-    request_slots: int = 1,
+    request_slots: int = DEFAULT_REQUEST_SLOTS,
     bind: str = "127.0.0.1:0",
     **api_args: float,
 ) -> AsyncIterator[Running]:

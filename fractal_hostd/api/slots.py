@@ -10,6 +10,13 @@ outside the batches. HTTP/1.1 keep-alive clients send their next request only af
 answer, so a waiting request leaves its connection idle too. The event path then shares each
 batch with a few requests only.
 
+Two slots, not one: with one, each step of the lone handler was a scheduling batch of its
+own (an `epoll_wait` and a pass of trio's run loop), 10-17 % of a `/status` request's CPU.
+With two, start -> tty under a 50-connection `/health` load stayed at 1.24-1.35x idle (1.06x
+with one), `/status` went from 0.73x to 0.94x a bare quart-trio app and `/health` from 0.78x
+to 0.82x (bench_priority, bench_floors; with four slots start -> tty was 1.9x). The worker
+thread's part of a start is held apart (fractal_hostd/event_priority.py).
+
 A request that waits on I/O (a container not yet known, its files' fsync in a worker thread,
 a client that reads slowly) must not hold a slot for that long: the limit is on CPU-bound
 work, not on waits. One holding its slot for `lease` seconds gives it up (a reaper task
@@ -25,7 +32,7 @@ from hypercorn.typing import ASGIFramework, ASGIReceiveCallable, ASGISendCallabl
 
 from fractal_hostd.event_priority import EventPriority
 
-DEFAULT_REQUEST_SLOTS = 1
+DEFAULT_REQUEST_SLOTS = 2
 DEFAULT_LEASE = 0.005
 
 
