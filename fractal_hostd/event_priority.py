@@ -16,18 +16,54 @@ The API never starves: a hold holds for at most `limit` seconds (a write slower 
 waits on the disk, not on the GIL, and holding longer would gain nothing), and after a hold
 the API gets at least as long as that hold before the next one takes effect, so container
 starts can take at most half of the API's time, even in a burst.
+
+The other way round, a request about to wait (for a container's lock, for its files' fsyncs
+in a worker thread) says so with `waiting()`: it gives its request slot up at once instead of
+holding it for the slots' lease while it computes nothing, and takes one again after, for
+its answer. Concurrent `set_container_dpi` requests for one container then all reach its
+lock and share one write: 180 -> ~600 answers/s under 50 connections (bench_priority).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from contextvars import ContextVar
+from typing import Protocol
 
 import trio
 
 # Twice to ten times an idle write of a starting container's files (bench_priority).
 DEFAULT_HOLD_LIMIT = 0.02
+
+
+class Waiter(Protocol):
+    """What a task that is about to wait does (an API request: give its slot up, then take
+    one again after; api/slots.py)."""
+
+    def give_up(self) -> None: ...
+
+    async def take_again(self) -> None: ...
+
+
+current_waiter: ContextVar[Waiter | None] = ContextVar("current_waiter", default=None)
+
+
+@asynccontextmanager
+async def waiting() -> AsyncIterator[None]:
+    """The body waits for I/O or a lock, it does not compute: an API request gives its
+    request slot up for it, and takes one again after (a hold of the API then holds it too).
+    Anywhere else, nothing happens."""
+    waiter = current_waiter.get()
+    if waiter is None:
+        yield
+        return
+    waiter.give_up()
+    try:
+        yield
+    finally:
+        await waiter.take_again()
 
 
 class EventPriority:

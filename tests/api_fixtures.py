@@ -17,9 +17,9 @@ import httpx
 import trio
 from quart_trio import QuartTrio
 
-from fractal_hostd.api.slots import DEFAULT_REQUEST_SLOTS
 from fractal_hostd.api.app import create_app
 from fractal_hostd.api.server import serve_api
+from fractal_hostd.api.slots import DEFAULT_REQUEST_SLOTS
 from fractal_hostd.api.tls import TlsFiles, generate_certificate
 from fractal_hostd.cloud_storage.mounts import MountFailed, MountRequest
 from fractal_hostd.containers.info import ContainerInfo

@@ -8,7 +8,7 @@ from __future__ import annotations
 import trio
 
 from fractal_hostd.api.slots import RequestSlots, SlottedApp
-from fractal_hostd.event_priority import EventPriority
+from fractal_hostd.event_priority import EventPriority, waiting
 
 
 async def test_requests_beyond_the_limit_wait_for_a_slot(autojump_clock: trio.abc.Clock) -> None:
@@ -131,3 +131,47 @@ async def test_a_request_with_its_slot_waits_for_a_hold_to_end(
         await trio.sleep(1)
         nursery.cancel_scope.cancel()
     assert entered == {"/a": began, "/b": began + 0.52}
+
+
+async def test_a_waiting_request_gives_its_slot_up_and_takes_one_again(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """`waiting()`: the slot goes to the next request at once, not after the lease, and the
+    waiter computes its answer only with a slot again."""
+    slots = RequestSlots(limit=1, lease=10.0)
+    log: list[tuple[str, float]] = []
+
+    async def handler(scope: dict[str, str], receive: object, send: object) -> None:
+        name = scope["path"]
+        log.append((f"{name} in", trio.current_time()))
+        if name == "/a":
+            async with waiting():
+                await trio.sleep(0.1)  # its lock, its fsyncs
+            log.append(("/a answers", trio.current_time()))
+        else:
+            await trio.sleep(0.5)  # computing, slot held
+
+    app = SlottedApp(handler, slots)  # type: ignore[arg-type]
+
+    async def request(path: str) -> None:
+        await app({"type": "http", "path": path}, None, None)  # type: ignore[arg-type]
+
+    began = trio.current_time()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(slots.run)
+        nursery.start_soon(request, "/a")
+        await trio.sleep(0.01)
+        nursery.start_soon(request, "/b")
+        await trio.sleep(2)
+        nursery.cancel_scope.cancel()
+    assert [(what, round(when - began, 3)) for what, when in log] == [
+        ("/a in", 0.0),
+        ("/b in", 0.01),  # /a gave its slot up while it waited
+        ("/a answers", 0.51),  # only once /b gave the one slot back
+    ]
+    assert slots.reaped == 0
+
+
+async def test_waiting_outside_a_request_does_nothing() -> None:
+    async with waiting():
+        await trio.lowlevel.checkpoint()

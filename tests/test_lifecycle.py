@@ -17,6 +17,7 @@ import pytest
 import trio
 import trio.testing
 
+from fractal_hostd.api.slots import RequestSlots, SlottedApp
 from fractal_hostd.containers import (
     ContainerInfo,
     ContainerLifecycle,
@@ -680,3 +681,33 @@ async def test_a_starting_containers_write_holds_the_api(tmp_path: Path) -> None
     await lifecycle.set_start_values(40001, dpi=96)
     assert holding == [True, False]
     assert not lifecycle.priority.holding
+
+
+async def test_start_values_through_the_api_share_a_write_with_one_request_slot(
+    tmp_path: Path,
+) -> None:
+    """A set_container_dpi request gives its slot up while it waits for its container's
+    write (fractal_hostd/event_priority.py `waiting`), so those behind it reach the lock and
+    share the next write; holding the slot, each would have waited for the one before."""
+    runner, lifecycle, first_gate = await gated_lifecycle(tmp_path)
+    slots = RequestSlots(limit=1, lease=60.0)
+
+    async def handler(scope: dict[str, int], receive: object, send: object) -> None:
+        await lifecycle.set_start_values(40001, dpi=scope["dpi"])
+
+    app = SlottedApp(handler, slots)  # type: ignore[arg-type]
+
+    async def request(dpi: int) -> None:
+        await app({"type": "http", "dpi": dpi}, None, None)  # type: ignore[arg-type]
+
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(request, 100)
+            await trio.testing.wait_all_tasks_blocked()
+            assert runner.gate is None  # the first write waits at its gate
+            for dpi in range(101, 105):
+                nursery.start_soon(request, dpi)
+                await trio.testing.wait_all_tasks_blocked()
+            first_gate.set()
+    assert runner.writes == 2
+    assert dir_files(tmp_path / cid(1))["DPI"] == "104"

@@ -30,7 +30,7 @@ import itertools
 import trio
 from hypercorn.typing import ASGIFramework, ASGIReceiveCallable, ASGISendCallable, Scope
 
-from fractal_hostd.event_priority import EventPriority
+from fractal_hostd.event_priority import EventPriority, current_waiter
 
 DEFAULT_REQUEST_SLOTS = 2
 DEFAULT_LEASE = 0.005
@@ -108,9 +108,31 @@ class SlottedApp:
         if scope["type"] != "http":  # lifespan: never waits for a slot
             await self._app(scope, receive, send)
             return
-        token = await self._slots.acquire()
+        slot = _RequestSlot(self._slots, self._priority)
+        # Seen by the handler's tasks (a nursery's children copy the context at their start).
+        context = current_waiter.set(slot)
         try:
-            await self._priority.wait_turn()
+            await slot.take_again()
             await self._app(scope, receive, send)
         finally:
-            self._slots.release(token)
+            current_waiter.reset(context)
+            slot.give_up()
+
+
+class _RequestSlot:
+    """The slot of one request, given up while it waits (fractal_hostd.event_priority)."""
+
+    def __init__(self, slots: RequestSlots, priority: EventPriority) -> None:
+        self._slots = slots
+        self._priority = priority
+        self._token: int | None = None
+
+    async def take_again(self) -> None:
+        self._token = await self._slots.acquire()
+        # After the slot, not before: see SlottedApp.
+        await self._priority.wait_turn()
+
+    def give_up(self) -> None:
+        if self._token is not None:
+            self._slots.release(self._token)
+            self._token = None

@@ -43,7 +43,7 @@ from fractal_hostd.containers.mapping import (
     remove_entry,
 )
 from fractal_hostd.containers.registry import ContainerRecord, ContainerRegistry
-from fractal_hostd.event_priority import EventPriority
+from fractal_hostd.event_priority import EventPriority, waiting
 
 logger = logging.getLogger(__name__)
 
@@ -303,6 +303,16 @@ class ContainerLifecycle:
         if record is None:
             await trio.lowlevel.checkpoint()
             raise ContainerUnknown(host_port)
+        # What follows waits (the lock, the write's fsyncs): the request's slot is free
+        # meanwhile, for the next request, which then shares this write instead of queueing
+        # for its own.
+        async with waiting():
+            return await self._set_and_write(record, host_port, dpi, container_arn)
+
+    async def _set_and_write(
+        self, record: ContainerRecord, host_port: int, dpi: int, container_arn: str | None
+    ) -> ContainerRecord:
+        """set_start_values once its arguments are checked: see there."""
         async with self._locked(record.id):
             # The lock may have waited for a die of this very container: look again.
             if self._registry.get(record.id) is not record or record.host_port != host_port:
