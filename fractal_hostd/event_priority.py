@@ -1,16 +1,17 @@
-"""While a starting container's files are written, API request handlers wait (bounded).
+"""While a container starts, API request handlers wait (bounded); a waiting request lets go.
 
-The write runs in a worker thread (its fsyncs must not stall the event loop), and that
-thread needs the GIL back after each of its ~30 system calls. Under a busy API the event
-loop holds the GIL nearly all the time and the thread got it back only now and then: under
-50 keep-alive connections on `/health` the write of a starting container took ~10 ms
-instead of ~2, and start -> `tty` p50 was 2.9x idle (bench/bench_priority.py). The request
-slots (api/slots.py) keep the loop's own part of the event path fast, but not the thread's.
+The API and the Docker event path share one process. A start's files are written in a
+worker thread (its fsyncs must not stall the event loop), and that thread needs the GIL back
+after each of its ~30 system calls: under 50 keep-alive connections on `/health` the event
+loop held the GIL nearly all the time, the write took ~10 ms instead of ~2, and start ->
+`tty` p50 was 2.2-2.9x idle (bench/bench_priority.py). The request slots (api/slots.py) keep
+the loop's own part of a start fast, but not the thread's.
 
-So the lifecycle holds the API (`hold`) while it writes a new container's first files, and
-a request that has its slot waits (`wait_turn`) before its handler runs. The requests
-already in their handlers finish, the loop goes idle (blocked in epoll_wait, without the
-GIL) and the write runs at its idle speed: p50 1.0-1.1x idle under the same load.
+So the API is held (`hold`) while a start event is handled, from its inspect to its files
+(docker/events.py), and while the lifecycle writes a new container's first files (a start a
+reconcile found); a request that has its slot waits (`wait_turn`) before its handler runs.
+The requests already in their handlers finish, the loop goes idle (blocked in epoll_wait,
+without the GIL) and the start runs at its idle speed: p50 1.06-1.4x idle under that load.
 
 The API never starves: a hold holds for at most `limit` seconds (a write slower than that
 waits on the disk, not on the GIL, and holding longer would gain nothing), and after a hold
@@ -21,7 +22,7 @@ The other way round, a request about to wait (for a container's lock, for its fi
 in a worker thread) says so with `waiting()`: it gives its request slot up at once instead of
 holding it for the slots' lease while it computes nothing, and takes one again after, for
 its answer. Concurrent `set_container_dpi` requests for one container then all reach its
-lock and share one write: 180 -> ~600 answers/s under 50 connections (bench_priority).
+lock and share one write: ~180 -> ~450 answers/s under 50 connections (bench_priority).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from typing import Protocol
 
 import trio
 
-# Twice to ten times an idle write of a starting container's files (bench_priority).
+# Twice to four times an idle start, inspect to files (bench_priority).
 DEFAULT_HOLD_LIMIT = 0.02
 
 

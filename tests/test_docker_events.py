@@ -49,6 +49,8 @@ class RecordingLifecycle:
         )
         self.calls: list[tuple[str, str]] = []
         self.fail_ids: set[str] = set()
+        self.priority = self.inner.priority
+        self.api_held: list[tuple[str, bool]] = []  # at each on_running / on_gone
 
     async def adopt(self, running: Sequence[ContainerInfo]) -> None:
         self.calls.append(("adopt", ",".join(sorted(i.id for i in running))))
@@ -63,12 +65,14 @@ class RecordingLifecycle:
 
     async def on_running(self, info: ContainerInfo) -> None:
         self.calls.append(("running", info.id))
+        self.api_held.append(("running", self.priority.holding))
         if info.id in self.fail_ids:
             raise RuntimeError("lifecycle failure for this container")
         await self.inner.on_running(info)
 
     async def on_gone(self, container_id: str) -> None:
         self.calls.append(("gone", container_id))
+        self.api_held.append(("gone", self.priority.holding))
         await self.inner.on_gone(container_id)
 
     def known_host_ports(self) -> dict[str, int]:
@@ -174,6 +178,19 @@ async def test_start_and_die_events_write_and_remove_the_files(
         await wait_for(lambda: status.events_processed == 5)  # start x2, die x2, destroy
     assert lifecycle.registry.records() == []
     assert lifecycle.registry.free_ttys == 54
+
+
+async def test_the_api_waits_while_a_start_event_is_handled(
+    fake_docker: FakeDockerEngine, fake_client: DockerClient, lifecycle: RecordingLifecycle
+) -> None:
+    """From the inspect to the files (fractal_hostd/event_priority.py); a die does not hold:
+    nothing waits on its cleanup."""
+    async with streaming(fake_client, lifecycle) as status:
+        container = await run_managed(fake_docker, lifecycle, "fhtest-1")
+        fake_docker.kill(container)
+        await wait_for(lambda: status.events_processed == 2)
+    assert lifecycle.api_held == [("running", True), ("gone", False)]
+    assert not lifecycle.priority.holding
 
 
 async def test_a_start_event_for_a_container_already_removed_is_gone(

@@ -46,6 +46,7 @@ from fractal_hostd.ecs_agent import (
     run_ecs_agent,
     start_ecs_agent,
 )
+from fractal_hostd.event_priority import EventPriority
 from fractal_hostd.hoststate import DockerStatus
 from tests.docker_fixtures import fake_client, fake_docker, real_client
 from tests.fakes.docker_engine import FakeDockerEngine
@@ -218,6 +219,8 @@ def test_the_watcher_wants_only_deaths_of_its_container() -> None:
 
 class IgnoringLifecycle:
     """The event stream's lifecycle doing nothing: these tests are about the agent."""
+
+    priority = EventPriority()
 
     async def adopt(self, running: Sequence[ContainerInfo]) -> None:
         pass

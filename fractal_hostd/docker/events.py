@@ -44,7 +44,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Container, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Any, NoReturn, Protocol
 
 import trio
@@ -61,6 +61,7 @@ from fractal_hostd.docker.client import (
 )
 from fractal_hostd.docker.cursor import EventCursor, RunStarts, format_since
 from fractal_hostd.docker.fanout import EventFanout
+from fractal_hostd.event_priority import EventPriority
 from fractal_hostd.hoststate import DockerStatus
 
 logger = logging.getLogger(__name__)
@@ -107,6 +108,8 @@ class Lifecycle(Protocol):
     async def on_running(self, info: ContainerInfo) -> None: ...
     async def on_gone(self, container_id: str) -> None: ...
     def known_host_ports(self) -> Mapping[str, int]: ...
+    @property
+    def priority(self) -> EventPriority: ...
 
 
 async def fetch_running(
@@ -449,7 +452,9 @@ class _EventStream:
         ):
             # A die of an earlier run handled after the container's next start: inspect first.
             stale = stale or (action == "die" and self.run_starts.outdated(event))
-            await self._apply(container_id, action, stale=stale, event=event)
+            # A starting container waits for its files: the API waits meanwhile (bounded).
+            with self.lifecycle.priority.hold() if action == "start" else nullcontext():
+                await self._apply(container_id, action, stale=stale, event=event)
             self.run_starts.note(event)
             self.status.event_processed(event)
         # Only now: an event whose handling was cut short by a lost dockerd (the raise
