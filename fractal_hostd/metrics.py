@@ -39,6 +39,7 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from fractal_hostd.event_priority import EventPriority
 from fractal_hostd.hoststate import HeartbeatRecord, HostState
 
 disable_created_metrics()  # type: ignore[no-untyped-call]
@@ -188,12 +189,19 @@ class Metrics:
         elif not ok:
             self.reconcile_failures.inc()
 
-    def track(self, *, state: HostState, containers: ContainerView) -> None:
-        """Export gauges read from `state` and `containers` at every scrape (the API's
-        `create_app` calls this; calling it again replaces the previous sources)."""
+    def track(
+        self,
+        *,
+        state: HostState,
+        containers: ContainerView,
+        priority: EventPriority | None = None,
+    ) -> None:
+        """Export gauges read from `state`, `containers` and `priority` (how long container
+        starts held the API) at every scrape (the API's `create_app` calls this; calling it
+        again replaces the previous sources)."""
         if self._state_collector is not None:
             self.registry.unregister(self._state_collector)
-        self._state_collector = _StateCollector(state, containers, self)
+        self._state_collector = _StateCollector(state, containers, self, priority)
         self.registry.register(self._state_collector)
         state.docker.listen(self, replacing=Metrics)
         self._build.info(
@@ -206,10 +214,17 @@ class Metrics:
 
 
 class _StateCollector(Collector):
-    def __init__(self, state: HostState, containers: ContainerView, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        state: HostState,
+        containers: ContainerView,
+        metrics: Metrics,
+        priority: EventPriority | None,
+    ) -> None:
         self._state = state
         self._containers = containers
         self._metrics = metrics
+        self._priority = priority
 
     def collect(self) -> Iterator[Metric]:
         state, records = self._state, self._containers.records()
@@ -245,6 +260,17 @@ class _StateCollector(Collector):
             "Reconnections of the Docker event stream.",
             value=state.docker.reconnects,
         )
+        if self._priority is not None:
+            yield CounterMetricFamily(
+                f"{PREFIX}_api_holds",
+                "Container starts that held the API's request handlers.",
+                value=self._priority.holds,
+            )
+            yield CounterMetricFamily(
+                f"{PREFIX}_api_held_seconds",
+                "Time the API's request handlers waited for container starts.",
+                value=self._priority.held_seconds,
+            )
         yield _gauge(
             "started",
             "1 once start-up (contract §6) completed.",

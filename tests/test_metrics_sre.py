@@ -85,6 +85,9 @@ async def test_the_paging_series_are_exposed_with_units_and_totals(tmp_path: Pat
         == 1
     )
     assert samples[("fractal_hostd_pending_file_writes", ())] == 2
+    # The one container start held the API for its write (fractal_hostd/event_priority.py).
+    assert samples[("fractal_hostd_api_holds_total", ())] == 1
+    assert 0 <= samples[("fractal_hostd_api_held_seconds_total", ())] < 1
     assert samples[("fractal_hostd_heartbeats_total", (("result", "failed"),))] == 1
     assert samples[("fractal_hostd_last_heartbeat_success_timestamp_seconds", ())] == 1767225600
     reconciled = samples[("fractal_hostd_docker_last_reconcile_success_timestamp_seconds", ())]

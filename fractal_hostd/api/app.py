@@ -133,7 +133,7 @@ def create_app(
         PROVIDE_AUTOMATIC_OPTIONS=False,
     )
     app.json.sort_keys = False  # type: ignore[attr-defined]  # keep the documented field order
-    metrics.track(state=state, containers=registry)
+    metrics.track(state=state, containers=registry, priority=lifecycle.priority)
     history = ContainerHistory(registry.records)
     state.docker.listen(history, replacing=ContainerHistory)
     if cloud_storage is not None:
