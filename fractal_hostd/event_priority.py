@@ -68,6 +68,8 @@ async def waiting() -> AsyncIterator[None]:
 
 
 class EventPriority:
+    """The API's hold for container starts (see the module doc)."""
+
     def __init__(self, *, limit: float = DEFAULT_HOLD_LIMIT) -> None:
         self._limit = limit
         self._holders = 0  # holds in progress (several containers may start at once)

@@ -225,7 +225,7 @@ async def serve_api(
     `bind` asked for port 0) once the socket listens. At most `max_connections` are open at
     once; the refused ones are counted in `metrics_registry` (see `connections`). At most
     `request_slots` requests run their handler at once (see `slots`), none while `priority`
-    holds the API (the lifecycle's, while a starting container's files are written).
+    holds the API (the lifecycle's, while a container starts).
 
     This is `hypercorn.trio.serve` (hypercorn/trio/run.py: lifespan, drain, graceful timeout)
     with our own accept loop in place of `trio.serve_listeners` + `trio.SSLListener`: those

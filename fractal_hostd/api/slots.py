@@ -12,10 +12,10 @@ batch with a few requests only.
 
 Two slots, not one: with one, each step of the lone handler was a scheduling batch of its
 own (an `epoll_wait` and a pass of trio's run loop), 10-17 % of a `/status` request's CPU.
-With two, start -> tty under a 50-connection `/health` load stayed at 1.24-1.35x idle (1.06x
-with one), `/status` went from 0.73x to 0.94x a bare quart-trio app and `/health` from 0.78x
-to 0.82x (bench_priority, bench_floors; with four slots start -> tty was 1.9x). The worker
-thread's part of a start is held apart (fractal_hostd/event_priority.py).
+With two, `/status` went from 0.73x to 0.79-0.94x a bare quart-trio app and `/health` from
+0.78x to 0.82-1.0x, and start -> tty under a 50-connection `/health` load stayed within its
+goal (1.2-1.4x idle; 1.9x with four slots). A start holds the API besides
+(fractal_hostd/event_priority.py), which keeps the worker thread's part of it fast.
 
 A request that waits on I/O (a container not yet known, its files' fsync in a worker thread,
 a client that reads slowly) must not hold a slot for that long: the limit is on CPU-bound

@@ -124,7 +124,8 @@ class ContainerLifecycle:
     ) -> None:
         self._mappings_dir = mappings_dir
         self._run_blocking = run_blocking
-        # Held while a starting container's first files are written: the API serves it.
+        # Holds the API while a container starts: here while its first files are written,
+        # in the event stream from its start event's inspect on.
         self.priority = EventPriority()
         self._registry = registry
         self._pool = registry.tty_pool
