@@ -81,6 +81,11 @@ class EventPriority:
         self.held_seconds = 0.0
 
     @property
+    def requests_waiting(self) -> int:
+        """Requests waiting for the current hold to end."""
+        return self._ended.statistics().tasks_waiting
+
+    @property
     def holding(self) -> bool:
         """Whether a request that asks now waits."""
         return self._holders > 0 and trio.current_time() < self._until
