@@ -317,6 +317,23 @@ async def test_stale_die_of_a_restarted_container_keeps_its_tty(
     assert lifecycle.tty(container) == "10"
 
 
+async def test_a_die_older_than_the_listing_is_checked_not_obeyed(
+    fake_docker: FakeDockerEngine, fake_client: DockerClient, lifecycle: RecordingLifecycle
+) -> None:
+    """A container restarted while the service started (chaos seed 3002): the listing
+    already showed its new run, and the restart's die, delivered after the adoption, took
+    the TTY of a container alive all along. What happened before the listing, the listing
+    shows: such a die is checked with an inspect."""
+    container = fake_docker.run("fhtest-adopted")
+    before_the_listing = time.time_ns()
+    async with streaming(fake_client, lifecycle) as status:
+        await wait_for(lambda: lifecycle.tty(container) is not None)  # adopted
+        fake_docker.emit("die", container, time_nano=before_the_listing)
+        await wait_for(lambda: status.events_processed >= 1)
+    assert ("gone", container) not in lifecycle.calls
+    assert lifecycle.tty(container) == "10"
+
+
 async def test_a_die_delivered_after_the_containers_next_start_keeps_its_files(
     fake_docker: FakeDockerEngine, fake_client: DockerClient, lifecycle: RecordingLifecycle
 ) -> None:
