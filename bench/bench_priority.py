@@ -347,7 +347,7 @@ def main() -> int:
     parser.add_argument(
         "--no-priority",
         action="store_true",
-        help="the API ignores the holds of container starts (the A/B of fractal_hostd.event_priority)",
+        help="the API ignores the holds of container starts (A/B of fractal_hostd.event_priority)",
     )
     args = parser.parse_args()
     log = (REPO / "bench" / "results" / "priority-service.log").open("w")

@@ -79,11 +79,19 @@ class RunStarts:
     than it, which belongs to an earlier run and came late (an engine that reorders, or a
     replay), is checked against the container's present state instead of acted on. Bounded:
     the oldest containers are forgotten first (their dies are then acted on as they come).
+
+    A listing counts as a start seen for every container at the moment it began (`listed`):
+    it showed each one's present run, so a die older than it may be of a run that ended
+    before it (a container restarted while the service started, chaos seed 3002).
     """
 
     def __init__(self, window: int = 4096) -> None:
         self._window = window
         self._started: OrderedDict[str, int] = OrderedDict()
+        self._listed = -1  # timeNano when the latest listing began
+
+    def listed(self, time_nano: int) -> None:
+        self._listed = max(self._listed, time_nano)
 
     def note(self, event: dict[str, Any]) -> None:
         key = event_key(event)
@@ -99,6 +107,7 @@ class RunStarts:
                 self._started.popitem(last=False)
 
     def outdated(self, event: dict[str, Any]) -> bool:
-        """True for an event older than its container's latest start handled."""
+        """True for an event older than its container's latest start handled, or than the
+        latest listing."""
         key = event_key(event)
-        return key is not None and key[0] < self._started.get(key[1], -1)
+        return key is not None and key[0] < max(self._started.get(key[1], -1), self._listed)

@@ -59,7 +59,7 @@ from fractal_hostd.docker.client import (
     DockerTimeout,
     DockerUnreachable,
 )
-from fractal_hostd.docker.cursor import EventCursor, RunStarts, event_key, format_since
+from fractal_hostd.docker.cursor import EventCursor, RunStarts, format_since
 from fractal_hostd.docker.fanout import EventFanout
 from fractal_hostd.event_priority import EventPriority
 from fractal_hostd.hoststate import DockerStatus
@@ -328,16 +328,16 @@ class _EventStream:
             nursery.start_soon(reader.run, stream, send)
             try:
                 self.next_reconcile = math.inf
-                # What happened before the listing, the listing shows: an event older than
-                # this is checked against the present state, whenever it arrives.
-                listed_at = time.time_ns()
+                # What happened before the listing, the listing shows: a die older than it
+                # is checked against the present state, whenever it arrives.
+                self.run_starts.listed(time.time_ns())
                 verify_before = await self._reconcile_on_connect(reader)
                 self.next_reconcile = min(
                     self.next_reconcile, trio.current_time() + self._next_interval()
                 )
                 on_ready()
                 nursery.start_soon(self._reconcile_periodically, reader, nursery.cancel_scope)
-                await self._process(recv, verify_before, listed_at)
+                await self._process(recv, verify_before)
             except (DockerUnreachable, DockerError) as exc:
                 failure = exc
             nursery.cancel_scope.cancel()
@@ -435,16 +435,10 @@ class _EventStream:
         self,
         recv: trio.MemoryReceiveChannel[tuple[int, dict[str, Any]]],
         verify_before: int,
-        listed_at: int,
     ) -> None:
-        """Handle queued events in order until the reader closes the channel. Those queued
-        before the connection's reconcile, or older than its listing (`listed_at`, ns), are
-        stale: a die among them may belong to a run the listing already saw end, of a
-        container it saw running again (restarted while the service started)."""
+        """Handle queued events in order until the reader closes the channel."""
         async for sequence, event in recv:
-            key = event_key(event)
-            older = key is not None and key[0] < listed_at
-            await self._handle(event, stale=sequence < verify_before or older)
+            await self._handle(event, stale=sequence < verify_before)
 
     def _next_interval(self) -> float:
         return jittered(self.reconcile_interval, self.reconcile_jitter)
@@ -459,7 +453,8 @@ class _EventStream:
             and event.get("Type", "container") == "container"
             and action in _HANDLED_ACTIONS
         ):
-            # A die of an earlier run handled after the container's next start: inspect first.
+            # A die of an earlier run, handled after the container's next start or after a
+            # listing that saw it running again: inspect first.
             stale = stale or (action == "die" and self.run_starts.outdated(event))
             # A starting container waits for its files: the API waits meanwhile (bounded).
             with self.lifecycle.priority.hold() if action == "start" else nullcontext():
