@@ -5,6 +5,8 @@ Virtual time (autojump_clock) throughout: the lease is a timing rule.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 import trio
 
 from fractal_hostd.api.slots import RequestSlots, SlottedApp
@@ -101,6 +103,15 @@ async def test_at_shutdown_every_request_goes_in(autojump_clock: trio.abc.Clock)
     assert entered == [start + 1, start + 1]
 
 
+def requests_to(app: SlottedApp) -> Callable[[str], Awaitable[None]]:
+    """An HTTP request for `path` through `app`, as hypercorn would call it."""
+
+    async def request(path: str) -> None:
+        await app({"type": "http", "path": path}, None, None)  # type: ignore[arg-type]
+
+    return request
+
+
 async def test_a_request_with_its_slot_waits_for_a_hold_to_end(
     autojump_clock: trio.abc.Clock,
 ) -> None:
@@ -114,10 +125,7 @@ async def test_a_request_with_its_slot_waits_for_a_hold_to_end(
         entered[scope["path"]] = trio.current_time()
         await trio.sleep(0.1)
 
-    app = SlottedApp(handler, slots, priority)  # type: ignore[arg-type]
-
-    async def request(path: str) -> None:
-        await app({"type": "http", "path": path}, None, None)  # type: ignore[arg-type]
+    request = requests_to(SlottedApp(handler, slots, priority))  # type: ignore[arg-type]
 
     began = trio.current_time()
     async with trio.open_nursery() as nursery:
@@ -151,10 +159,7 @@ async def test_a_waiting_request_gives_its_slot_up_and_takes_one_again(
         else:
             await trio.sleep(0.5)  # computing, slot held
 
-    app = SlottedApp(handler, slots)  # type: ignore[arg-type]
-
-    async def request(path: str) -> None:
-        await app({"type": "http", "path": path}, None, None)  # type: ignore[arg-type]
+    request = requests_to(SlottedApp(handler, slots))  # type: ignore[arg-type]
 
     began = trio.current_time()
     async with trio.open_nursery() as nursery:

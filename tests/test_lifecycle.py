@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TypeVar
 
@@ -196,6 +196,25 @@ async def gated_lifecycle(tmp_path: Path) -> tuple[GatedWrites, ContainerLifecyc
     return runner, lifecycle, first_gate
 
 
+async def crowd_behind_a_gated_write(
+    runner: GatedWrites,
+    first_gate: trio.Event,
+    request: Callable[[int], Awaitable[None]],
+    dpis: range,
+) -> None:
+    """The first DPI's write waits at its gate while the others arrive one by one; then the
+    gate opens and every request finishes."""
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(request, dpis[0])
+            await trio.testing.wait_all_tasks_blocked()
+            assert runner.gate is None  # the first write waits at its gate
+            for dpi in dpis[1:]:
+                nursery.start_soon(request, dpi)
+                await trio.testing.wait_all_tasks_blocked()
+            first_gate.set()
+
+
 async def test_concurrent_start_values_share_one_write_and_the_last_value_wins(
     tmp_path: Path,
 ) -> None:
@@ -210,15 +229,7 @@ async def test_concurrent_start_values_share_one_write_and_the_last_value_wins(
         assert int(dir_files(tmp_path / cid(1))["DPI"]) >= dpi
         answered.append(dpi)
 
-    with trio.fail_after(5):
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(request, 100)
-            await trio.testing.wait_all_tasks_blocked()
-            assert runner.gate is None  # the first write waits at its gate
-            for dpi in range(101, 110):
-                nursery.start_soon(request, dpi)
-                await trio.testing.wait_all_tasks_blocked()
-            first_gate.set()
+    await crowd_behind_a_gated_write(runner, first_gate, request, range(100, 110))
     assert sorted(answered) == list(range(100, 110))
     assert runner.writes == 2
     assert dir_files(tmp_path / cid(1))["DPI"] == "109"
@@ -700,14 +711,6 @@ async def test_start_values_through_the_api_share_a_write_with_one_request_slot(
     async def request(dpi: int) -> None:
         await app({"type": "http", "dpi": dpi}, None, None)  # type: ignore[arg-type]
 
-    with trio.fail_after(5):
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(request, 100)
-            await trio.testing.wait_all_tasks_blocked()
-            assert runner.gate is None  # the first write waits at its gate
-            for dpi in range(101, 105):
-                nursery.start_soon(request, dpi)
-                await trio.testing.wait_all_tasks_blocked()
-            first_gate.set()
+    await crowd_behind_a_gated_write(runner, first_gate, request, range(100, 105))
     assert runner.writes == 2
     assert dir_files(tmp_path / cid(1))["DPI"] == "104"
