@@ -554,7 +554,7 @@ async def test_request_log_has_no_body_or_credentials(
     text = "\n".join(f"{r.getMessage()} {vars(r)}" for r in caplog.records)
     for secret in (SECRET, "wrong", "ya29.access", "1//refresh", "csecret"):
         assert secret not in text
-    lines = [r for r in caplog.records if r.name == "fractal_hostd.api.app"]
+    lines = [r for r in caplog.records if r.name == "fractal_hostd.api.requests"]
     assert [(r.method, r.path, r.status) for r in lines] == [  # type: ignore[attr-defined]
         ("POST", "/mount_cloud_storage", 200),
         ("PUT", "/set_container_dpi", 401),

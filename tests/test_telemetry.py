@@ -218,6 +218,36 @@ async def test_an_api_bug_is_an_event_naming_the_request_without_its_body(
     assert "96" not in json.dumps(event.get("request", {}))
 
 
+async def test_the_line_of_each_request_is_for_the_journal_not_a_breadcrumb(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The request line cost a request as much CPU again as the rest of its log line; the
+    requests' breadcrumbs only reached the events of the scope around the API (hypercorn's
+    own errors), which the error that follows a request does not need: its own event names
+    the request. Every other info line stays a breadcrumb."""
+    caplog.set_level(logging.INFO)
+    api = make_api(tmp_path)
+    await api.add_container(40000)
+    with trio.fail_after(10):
+        async with running_fake_sentry() as sentry:
+            start(sentry)
+            with sentry_sdk.isolation_scope():
+                answer = await api.app.test_client().put(
+                    "/set_container_dpi", json={"host_port": 40000, "dpi": 96}, headers=AUTH
+                )
+                assert answer.status_code == 200
+                logging.getLogger("fractal_hostd.api").info("another line")
+                sentry_sdk.capture_message("marker")
+            [event] = await sentry.wait_for_events(1)
+    crumbs = [c["message"] for c in event["breadcrumbs"]["values"]]
+    assert "another line" in crumbs
+    assert not [c for c in crumbs if c.startswith("PUT /set_container_dpi")]
+    # ... and the line is still written.
+    assert [r.getMessage()[:26] for r in caplog.records if r.__dict__.get("dpi") == 96] == [
+        "PUT /set_container_dpi 200"
+    ]
+
+
 async def test_task_scopes_keep_tags_apart() -> None:
     async def task(name: str, ready: trio.Event, go: trio.Event) -> None:
         with telemetry.task_scope(name):

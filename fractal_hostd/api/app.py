@@ -19,7 +19,7 @@ import sentry_sdk
 import trio
 from quart import Request, Response, jsonify, request
 from quart_trio import QuartTrio
-from sentry_sdk.scope import ScopeType, use_isolation_scope
+from sentry_sdk.scope import Scope, ScopeType
 from sentry_sdk.types import Event, Hint
 from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response as WerkzeugResponse
@@ -35,8 +35,14 @@ from fractal_hostd.containers.registry import ContainerRegistry
 from fractal_hostd.history import ContainerHistory, service_errors
 from fractal_hostd.hoststate import HostState
 from fractal_hostd.metrics import Metrics
+from fractal_hostd.process.telemetry import journal_only
 
 logger = logging.getLogger(__name__)
+# The one line of each request: for the journal only. As Sentry breadcrumbs they only reached
+# the events of the scope around the API (hypercorn's own errors), never a request's (each
+# has a scope of its own, and the error handler's event names its request), and the
+# breadcrumb cost a logged request as much CPU again as the rest of its line.
+request_logger = journal_only(logging.getLogger("fractal_hostd.api.requests"))
 
 _MAX_LOGGED_PATH = 100  # our routes are short; a long path is junk (and costly to redact)
 _HTTP_ERRORS = {
@@ -72,8 +78,15 @@ class HostApi(QuartTrio):
         started = time.perf_counter()
         # Each request gets its own Sentry scope: tags and breadcrumbs set while handling it
         # cannot leak into a concurrent request's events, nor a concurrent one's into it.
-        with use_isolation_scope(self._request_scope.fork()):
+        # Set and restored directly: sentry's `use_isolation_scope` also forks the current
+        # scope (a deep copy, for spans we never start) behind a generator context manager,
+        # 4.4 us against 1.5 us here.
+        outer = Scope.get_isolation_scope()
+        Scope.set_isolation_scope(self._request_scope.fork())
+        try:
             response = await super().handle_request(request)
+        finally:
+            Scope.set_isolation_scope(outer)
         self._count(request, response.status_code, time.perf_counter() - started)
         return response
 
@@ -95,10 +108,10 @@ class HostApi(QuartTrio):
         # answers: what made the host unready is logged where it happens.
         quiet = endpoint == "/ready" or (status < 300 and request.method == "GET")
         level = logging.DEBUG if quiet else logging.INFO
-        if not logger.isEnabledFor(level):
+        if not request_logger.isEnabledFor(level):
             return
         path = request.path[:_MAX_LOGGED_PATH]
-        logger.log(
+        request_logger.log(
             level,
             "%s %s %d %.1f ms",
             request.method,

@@ -218,6 +218,10 @@ def _rfc3339(created: float) -> str:
     return stamp.replace("+00:00", "Z")
 
 
+# One encoder for every line: `json.dumps` with arguments builds a new one per call (~1.4 us).
+_JSON_ENCODER: Final = json.JSONEncoder(default=str, ensure_ascii=False)
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: ts, level, logger, msg, the `extra=` fields, exc/stack."""
 
@@ -236,7 +240,7 @@ class JsonFormatter(logging.Formatter):
             line["exc"] = record.exc_text
         if record.stack_info:
             line["stack"] = record.stack_info
-        return json.dumps(line, default=str, ensure_ascii=False)
+        return _JSON_ENCODER.encode(line)
 
 
 class ConsoleFormatter(logging.Formatter):

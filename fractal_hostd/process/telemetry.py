@@ -41,7 +41,11 @@ from typing import Any, Final
 import sentry_sdk
 import trio
 from sentry_sdk.integrations.argv import ArgvIntegration
-from sentry_sdk.integrations.logging import LoggingIntegration
+from sentry_sdk.integrations.logging import (
+    LoggingIntegration,
+    ignore_logger,
+    ignore_logger_for_sentry_logs,
+)
 from sentry_sdk.types import Event, Hint
 from sentry_sdk.utils import BadDsn, event_from_exception
 
@@ -126,6 +130,18 @@ def init_sentry(*, dsn: str | None, enabled: bool, environment: str, release: st
     except BadDsn as exc:
         raise ValueError(f"SENTRY_DSN: not a valid Sentry DSN ({exc.__class__.__name__})") from None
     return True
+
+
+def journal_only(logger: logging.Logger) -> logging.Logger:
+    """Keep the lines of `logger` out of Sentry: no breadcrumb, never an event; returns it.
+
+    For a line whose breadcrumb costs more than it tells: sentry-sdk's breadcrumb of a log
+    record (~30 us) cost as much as the rest of the line (~32 us: the record, redaction,
+    JSON, the write). The logging integration skips an ignored logger with one set lookup.
+    """
+    ignore_logger(logger.name)
+    ignore_logger_for_sentry_logs(logger.name)
+    return logger
 
 
 def scrub(value: Any) -> Any:
