@@ -172,9 +172,11 @@ _service_errors: ErrorRing | None = None
 
 
 def service_errors() -> ErrorRing:
-    """The process's error ring, attached to the root logger on first use."""
+    """The process's error ring, attached to the root logger (again, if it was removed)."""
     global _service_errors
     if _service_errors is None:
         _service_errors = ErrorRing()
-        logging.getLogger().addHandler(_service_errors)
+    root = logging.getLogger()
+    if _service_errors not in root.handlers:
+        root.addHandler(_service_errors)
     return _service_errors
