@@ -260,3 +260,30 @@ def test_the_fast_path_skips_ordinary_lines_and_still_masks_registered_secrets()
     assert redact_text("v plain-registered-value-42-and-more") == f"v {FILTERED}"
     logs.forget_registered_secrets()
     assert redact_text("v plain-registered-value-42") == "v plain-registered-value-42"
+
+
+@given(
+    st.one_of(
+        st.floats(min_value=0, max_value=4e9),
+        # Half a microsecond before a millisecond or a second: where rounding decides.
+        st.integers(0, 4 * 10**9).map(lambda s: s + 0.9999995),
+        st.integers(0, 4 * 10**12).map(lambda ms: ms / 1000),
+    )
+)
+def test_the_timestamp_of_a_line_is_what_datetime_gives(created: float) -> None:
+    """The formatter caches each second's text (`_rfc3339`): the same text as datetime."""
+    import datetime as dt
+
+    expected = dt.datetime.fromtimestamp(created, tz=dt.UTC).isoformat(timespec="milliseconds")
+    assert logs._rfc3339(created) == expected.replace("+00:00", "Z")
+
+
+def test_the_formatter_writes_the_fields_the_filter_redacted() -> None:
+    """The filter keeps the redacted `extra=` fields on the record for the formatter."""
+    record = logging.LogRecord("x", logging.INFO, "f", 1, "m", None, None)
+    record.__dict__.update({"note": "token=abc", "n": 1})
+    logs.RedactingFilter().filter(record)
+    record.__dict__["late"] = "set after the filter"  # not an `extra=` field: not written
+    line = json.loads(logs.JsonFormatter().format(record))
+    assert {k: line[k] for k in ("note", "n")} == {"note": f"token={FILTERED}", "n": 1}
+    assert "late" not in line

@@ -19,10 +19,12 @@ import datetime as dt
 import functools
 import json
 import logging
+import math
 import os
 import re
 import sys
 import threading
+import time
 from collections.abc import Mapping
 from typing import Any, Final, Literal
 
@@ -38,6 +40,9 @@ NO_SENTRY_EVENT: Final = "_no_sentry_event"
 # Set on a record once `RedactingFilter` has redacted all of it (message and `extra=` fields):
 # the Sentry breadcrumb made from it afterwards needs no second pass (`telemetry`).
 REDACTED: Final = "_redacted"
+# The `extra=` fields `RedactingFilter` redacted, kept on the record for the formatter, which
+# would otherwise collect them from the record's ~25 attributes again.
+_REDACTED_CONTEXT: Final = "_redacted_context"
 
 LEVELS: Final[Mapping[str, int]] = {
     "debug": logging.DEBUG,
@@ -137,8 +142,15 @@ def redact_text(text: str) -> str:
     return _URL_USERINFO_RE.sub(rf"\1{FILTERED}@", text)
 
 
+# Values that hold no text: returned as they are before the costlier checks (the ABC check
+# for Mapping alone is ~0.3 us, and most `extra=` fields are numbers).
+_SCALARS: Final = frozenset({int, float, bool, type(None)})
+
+
 def redact_value(value: Any) -> Any:
     """Redact a structured value: secret keys masked, strings redacted, containers walked."""
+    if type(value) in _SCALARS:
+        return value
     if isinstance(value, str):
         return redact_text(value)
     if isinstance(value, Mapping):
@@ -166,7 +178,11 @@ _STANDARD_ATTRS: Final = frozenset(
 
 
 def record_context(record: logging.LogRecord) -> dict[str, Any]:
-    """The `extra=` fields of a record (private `_` keys left out)."""
+    """The `extra=` fields of a record (private `_` keys left out), as `RedactingFilter`
+    left them when it has seen the record."""
+    redacted: dict[str, Any] | None = record.__dict__.get(_REDACTED_CONTEXT)
+    if redacted is not None:
+        return redacted
     return {
         k: v
         for k, v in record.__dict__.items()
@@ -203,8 +219,11 @@ class RedactingFilter(logging.Filter):
         redacted = redact_text(message)
         if redacted != message:
             record.msg, record.args = redacted, None
-        for key, value in record_context(record).items():
-            setattr(record, key, FILTERED if is_sensitive_key(key) else redact_value(value))
+        context = record_context(record)
+        for key, value in context.items():
+            context[key] = FILTERED if is_sensitive_key(key) else redact_value(value)
+            setattr(record, key, context[key])
+        record.__dict__[_REDACTED_CONTEXT] = context
         if record.exc_info and not record.exc_text:
             record.exc_text = logging.Formatter().formatException(record.exc_info)
         if record.exc_text:
@@ -213,9 +232,24 @@ class RedactingFilter(logging.Filter):
             record.stack_info = redact_text(record.stack_info)
 
 
+# The formatted second of the last line: lines come many per second, and formatting a whole
+# datetime took 1.8 us of a line's ~27 (a tuple swap is atomic: threads need no lock).
+_last_second: tuple[int, str] = (-1, "")
+
+
 def _rfc3339(created: float) -> str:
-    stamp = dt.datetime.fromtimestamp(created, tz=dt.UTC).isoformat(timespec="milliseconds")
-    return stamp.replace("+00:00", "Z")
+    """`2026-11-30T12:00:00.123Z` (UTC, milliseconds truncated as `isoformat` does)."""
+    global _last_second
+    # Rounded to the microsecond first, as datetime.fromtimestamp does (x.999 is x.99899...).
+    fraction, whole = math.modf(created)
+    second, micro = int(whole), round(fraction * 1_000_000)
+    if micro == 1_000_000:
+        second, micro = second + 1, 0
+    cached, prefix = _last_second
+    if second != cached:
+        prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        _last_second = (second, prefix)
+    return f"{prefix}.{micro // 1000:03d}Z"
 
 
 # One encoder for every line: `json.dumps` with arguments builds a new one per call (~1.4 us).
