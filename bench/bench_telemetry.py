@@ -118,7 +118,7 @@ def in_process_costs() -> dict[str, float]:
     import sentry_sdk
     from sentry_sdk.scope import Scope, ScopeType
 
-    from fractal_hostd.api.app import request_logger
+    from fractal_hostd.api.request_log import request_logger
     from fractal_hostd.metrics import Metrics
     from fractal_hostd.process import telemetry
     from fractal_hostd.process.logs import setup_logging

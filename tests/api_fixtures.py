@@ -15,9 +15,8 @@ from typing import Any
 
 import httpx
 import trio
-from quart_trio import QuartTrio
 
-from fractal_hostd.api.app import create_app
+from fractal_hostd.api.app import HostApi, create_app
 from fractal_hostd.api.server import serve_api
 from fractal_hostd.api.slots import DEFAULT_REQUEST_SLOTS
 from fractal_hostd.api.tls import TlsFiles, generate_certificate
@@ -102,7 +101,7 @@ class FakeCloudStorage:
 
 @dataclass
 class Api:
-    app: QuartTrio
+    app: HostApi
     state: HostState
     registry: ContainerRegistry
     lifecycle: ContainerLifecycle

@@ -27,7 +27,7 @@ from werkzeug.wrappers import Response as WerkzeugResponse
 from fractal_hostd.api.auth import Authenticator
 from fractal_hostd.api.errors import ApiError
 from fractal_hostd.api.limits import BODY_TIMEOUT_SECONDS, MAX_BODY_BYTES
-from fractal_hostd.api.request_log import noted_facts
+from fractal_hostd.api.request_log import RequestLines
 from fractal_hostd.api.routes import ApiContext, CloudStorageMounter, register_routes
 from fractal_hostd.cloud_storage.mounts import MountRequest
 from fractal_hostd.containers.lifecycle import ContainerLifecycle
@@ -35,14 +35,8 @@ from fractal_hostd.containers.registry import ContainerRegistry
 from fractal_hostd.history import ContainerHistory, service_errors
 from fractal_hostd.hoststate import HostState
 from fractal_hostd.metrics import Metrics
-from fractal_hostd.process.telemetry import journal_only
 
 logger = logging.getLogger(__name__)
-# The one line of each request: for the journal only. As Sentry breadcrumbs they only reached
-# the events of the scope around the API (hypercorn's own errors), never a request's (each
-# has a scope of its own, and the error handler's event names its request), and the
-# breadcrumb cost a logged request as much CPU again as the rest of its line.
-request_logger = journal_only(logging.getLogger("fractal_hostd.api.requests"))
 
 _MAX_LOGGED_PATH = 100  # our routes are short; a long path is junk (and costly to redact)
 _HTTP_ERRORS = {
@@ -65,6 +59,7 @@ class HostApi(QuartTrio):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.request_metrics: Metrics | None = None
+        self.request_lines = RequestLines()
         # The metric children of each (route, status), looked up once: `labels()` validates
         # and hashes its arguments under a lock on every call (6 us of a request's ~1 ms).
         self._metric_children: dict[tuple[str, int], tuple[Any, Any]] = {}
@@ -108,23 +103,8 @@ class HostApi(QuartTrio):
         # answers: what made the host unready is logged where it happens.
         quiet = endpoint == "/ready" or (status < 300 and request.method == "GET")
         level = logging.DEBUG if quiet else logging.INFO
-        if not request_logger.isEnabledFor(level):
-            return
-        path = request.path[:_MAX_LOGGED_PATH]
-        request_logger.log(
-            level,
-            "%s %s %d %.1f ms",
-            request.method,
-            path,
-            status,
-            latency * 1000,
-            extra={
-                "method": request.method,
-                "path": path,
-                "status": status,
-                "latency_ms": round(latency * 1000, 2),
-                **noted_facts(),
-            },
+        self.request_lines.add(
+            level, request.method, request.path[:_MAX_LOGGED_PATH], status, latency
         )
 
 
@@ -164,6 +144,13 @@ def create_app(
     )
     register_routes(app, context)
     app.request_metrics = metrics
+
+    @app.before_serving
+    async def write_request_lines_in_batches() -> None:
+        # Cancelled when serving ends, after the drain (serve_api ends the lifespan's
+        # nursery): the lines still waiting are written then.
+        app.nursery.start_soon(app.request_lines.run)
+
     _install_error_handlers(app)
     return app
 
