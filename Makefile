@@ -75,6 +75,7 @@ bench: install test-image
 	$(PY) bench/bench_docker.py
 	$(PY) bench/bench_api.py
 	$(PY) bench/bench_floors.py
+	$(PY) bench/bench_telemetry.py
 	$(PY) bench/bench_startup.py
 	$(PY) bench/bench_priority.py
 	$(PY) -m bench.bench_reconcile
