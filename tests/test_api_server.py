@@ -14,6 +14,8 @@ from pathlib import Path
 import httpx
 import pytest
 import trio
+from hypercorn.events import Closed, Event, RawData
+from hypercorn.trio.tcp_server import TCPServer
 from hypercorn.typing import (
     ASGIReceiveCallable,
     ASGIReceiveEvent,
@@ -22,7 +24,7 @@ from hypercorn.typing import (
     Scope,
 )
 
-from fractal_hostd.api.server import _ShieldedSend, hypercorn_config
+from fractal_hostd.api.server import _CoalescedWrites, _ShieldedSend, hypercorn_config
 from fractal_hostd.api.tls import generate_certificate
 from fractal_hostd.containers.registry import ContainerRecord
 from tests.api_fixtures import AUTH, Running, running_api, tls_client
@@ -369,3 +371,50 @@ async def test_a_get_with_a_body_has_its_credentials_checked_however_it_is_frame
     assert "content-length" in sized.request.headers
     assert chunked.request.headers["transfer-encoding"] == "chunked"
     assert (plain.status_code, sized.status_code, chunked.status_code) == (200, 401, 401)
+
+
+async def test_a_response_leaves_in_one_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its head waits for its body, and the end of a sized body writes nothing."""
+    writes: list[bytes] = []
+    write = TCPServer.protocol_send
+
+    async def recording_write(self: TCPServer, event: Event) -> None:
+        if isinstance(event, RawData):
+            writes.append(event.data)
+        await write(self, event)
+
+    monkeypatch.setattr(TCPServer, "protocol_send", recording_write)
+    with trio.fail_after(TIMEOUT):
+        async with running_api(tmp_path) as running, tls_client(running) as client:
+            await running.api.add_container(40000)
+            body = {"host_port": 40000, "dpi": 96}
+            for method, path in (("GET", "/health"), ("PUT", "/set_container_dpi"), ("GET", "/x")):
+                writes.clear()
+                answer = await client.request(method, path, json=body, headers=AUTH)
+                await trio.sleep(0.05)  # a write after the answer (the old empty end) shows
+                assert len(writes) == 1, (path, writes)
+                assert writes[0].startswith(f"HTTP/1.1 {answer.status_code} ".encode())
+                assert writes[0].endswith(answer.content)
+
+
+async def test_a_held_head_leaves_before_whatever_comes_instead_of_its_body() -> None:
+    sent: list[Event] = []
+
+    async def send(event: Event) -> None:
+        sent.append(event)
+
+    writes = _CoalescedWrites(send)
+    writes.holding = True
+    await writes(RawData(data=b"HEAD"))
+    writes.holding = False
+    assert sent == []
+    await writes(RawData(data=b"BODY"))
+    await writes(RawData(data=b""))  # the end of a sized body: nothing to write
+    assert sent == [RawData(data=b"HEADBODY")]
+    writes.holding = True
+    await writes(RawData(data=b"HEAD2"))
+    writes.holding = False
+    await writes(Closed())  # the connection closes before a body came: the head goes first
+    assert sent[1:] == [RawData(data=b"HEAD2"), Closed()]
