@@ -84,8 +84,11 @@ class _CoalescedWrites:
     async def __call__(self, event: Event) -> None:
         if isinstance(event, RawData):
             data = self._head + event.data
-            self._head = data if self.holding else b""
-            if data and not self.holding:
+            if self.holding:
+                self._head = data
+                return
+            self._head = b""
+            if data:
                 await self._send(RawData(data=data))
             return
         if self._head:  # the connection closes (or its timer changes) before a body came
